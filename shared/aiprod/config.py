@@ -1,0 +1,62 @@
+"""Configuration from environment variables (documented in README.md).
+
+Defaults run the local stack; production sets the same variables in Terraform.
+Provider secrets are SecretStr so they never print in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aiprod.catalog import DEFAULT_CATALOG_PATH, Catalog, load_catalog
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIPROD_", extra="ignore")
+
+    project: str = Field(default="aiprod-local", validation_alias="GOOGLE_CLOUD_PROJECT")
+    firestore_database: str = "(default)"
+    catalog_path: Path = Field(default=DEFAULT_CATALOG_PATH, validation_alias="AIPROD_CATALOG")
+
+    # Topics (names, not paths).
+    intake_topic: str = "video-jobs"
+    events_topic: str = "job-events"
+
+    # Which backend this render deployment serves.
+    backend: str = Field(default="", validation_alias="BACKEND")
+
+    # Money.
+    daily_budget_usd: float = 100.0
+    daily_budget_warn_usd: float = 90.0
+
+    # Rendering.
+    poll_interval_s: float = 5.0
+    render_deadline_s: float = 480.0  # hand off to a continuation before the function timeout
+    create_timeout_s: float = 60.0
+    transient_retry_initial_s: float = 1.0
+    transient_retry_budget_s: float = 30.0
+    fallback_on_refusal: bool = False  # a refused prompt is refused everywhere
+
+    # Outputs: a local folder, or gs://bucket/prefix in production.
+    output_uri: str = "file://./out/store"
+
+    # Provider endpoints and credentials.
+    runway_base_url: str = "https://api.dev.runwayml.com"
+    runway_api_key: SecretStr = SecretStr("")
+    replicate_base_url: str = "https://api.replicate.com"
+    replicate_api_token: SecretStr = SecretStr("")
+    veo_base_url: str = ""  # empty: Google's regional endpoint
+    veo_location: str = "us-central1"
+    veo_access_token: SecretStr = SecretStr("")  # empty: Application Default Credentials
+
+    def catalog(self) -> Catalog:
+        return load_catalog(self.catalog_path)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,154 @@
+"""The job request callers send, and the job document AIPROD keeps."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from aiprod.catalog import Mode
+
+MAX_PROMPT_CHARS = 5000  # the widest provider limit; per-backend limits apply in routing
+
+
+class AspectRatio(StrEnum):
+    LANDSCAPE = "16:9"
+    PORTRAIT = "9:16"
+    SQUARE = "1:1"
+
+
+class Policy(StrEnum):
+    CHEAPEST = "cheapest"
+    BEST_QUALITY = "best_quality"
+    FIXED = "fixed"
+
+
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+class JobRequest(BaseModel):
+    """The body of POST /v1/jobs and of a message on the intake topic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+    schema_version: Literal[1] = 1
+    prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                             max_length=MAX_PROMPT_CHARS)] | None = None
+    image_url: Annotated[str, StringConstraints(max_length=8192)] | None = None
+    duration_seconds: int = Field(default=5, ge=1, le=60)
+    aspect_ratio: AspectRatio = AspectRatio.LANDSCAPE
+    audio: bool = False
+    min_quality: float = Field(default=0.0, ge=0, le=1)
+    max_cost_usd: float | None = Field(default=None, gt=0, le=10_000)
+    policy: Policy = Policy.CHEAPEST
+    webhook_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=32)
+
+    @model_validator(mode="after")
+    def _needs_prompt_or_image(self) -> JobRequest:
+        if self.prompt is None and self.image_url is None:
+            raise ValueError("give a prompt, an image_url, or both")
+        return self
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.IMAGE_TO_VIDEO if self.image_url else Mode.TEXT_TO_VIDEO
+
+
+class JobStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RENDERING = "RENDERING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    REJECTED = "REJECTED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATUSES
+
+
+TERMINAL_JOB_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.REJECTED}
+)
+
+
+class AttemptStatus(StrEnum):
+    CREATING = "CREATING"      # claimed; the provider create call may be in flight
+    RUNNING = "RUNNING"        # provider task id checkpointed; polling
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"        # never called the provider (circuit open, budget)
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (AttemptStatus.CREATING, AttemptStatus.RUNNING)
+
+
+class ErrorClass(StrEnum):
+    TRANSIENT = "transient"          # 5xx, timeouts, 429: the provider may work later
+    BACKEND = "backend"              # the provider failed this render: a strike, fall back
+    CONTENT_REFUSED = "content_refused"  # provider moderation refused the prompt or output
+    INVALID_INPUT = "invalid_input"  # the provider says the request itself is wrong
+    UNKNOWN = "unknown"              # outcome of a create call could not be established
+    OUTPUT_CHECK = "output_check"    # the rendered file failed verification
+    SKIPPED = "skipped"              # the backend was not called
+
+
+class AttemptError(BaseModel):
+    """Why an attempt failed: our class, the provider's own code and message."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    error_class: ErrorClass = Field(alias="class")
+    code: str
+    message: str
+
+
+class Output(BaseModel):
+    uri: str
+    mime_type: str = "video/mp4"
+    duration_seconds: float
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
+class Attempt(BaseModel):
+    backend: str
+    status: AttemptStatus
+    delivery_id: str = ""          # the Pub/Sub message that claimed it
+    provider_task_id: str | None = None
+    started_at: datetime
+    ended_at: datetime | None = None
+    error: AttemptError | None = None
+    estimated_cost_usd: float
+    cost_usd: float = 0.0
+
+
+class Job(BaseModel):
+    """The job document in Firestore (jobs/{id}) and the body of GET /v1/jobs/{id}."""
+
+    id: str
+    owner: str
+    request: JobRequest
+    plan: list[str]
+    status: JobStatus
+    status_reason: str = ""
+    attempts: list[Attempt] = Field(default_factory=list)
+    output: Output | None = None
+    estimated_cost_usd: float
+    cost_usd: float = 0.0
+    quality_score: float | None = None
+    correlation_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def current_attempt(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None

@@ -1,0 +1,158 @@
+"""The job state machine: which attempt a render message may run, and how an
+attempt's end moves the job. Pure functions over a Job; the render service
+applies them inside a Firestore transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aiprod.domain.job import (
+    Attempt,
+    AttemptError,
+    AttemptStatus,
+    ErrorClass,
+    Job,
+    JobStatus,
+    Output,
+)
+
+
+class ClaimKind(StrEnum):
+    CREATE = "create"            # this delivery owns a new attempt: call the provider
+    RESUME = "resume"            # the task exists: poll it (idempotent)
+    FINISHED = "finished"        # the attempt already ended: nothing to render
+    BUSY = "busy"                # another delivery is creating the task right now
+    UNKNOWN_OUTCOME = "unknown"  # a create call was cut off: the task may exist
+    STALE = "stale"              # the job moved on: this message is obsolete
+    JOB_DONE = "job_done"        # the job is terminal
+
+
+@dataclass(frozen=True)
+class Claim:
+    kind: ClaimKind
+    attempt_index: int
+    task_id: str | None = None
+
+
+def next_backend(job: Job) -> str | None:
+    """The backend after the last one tried, in plan order."""
+    if not job.attempts:
+        return job.plan[0]
+    position = job.plan.index(job.attempts[-1].backend)
+    return job.plan[position + 1] if position + 1 < len(job.plan) else None
+
+
+def claim_attempt(job: Job, backend: str, index: int, delivery_id: str, now: dt.datetime,
+                  create_timeout: dt.timedelta, estimated_cost_usd: float) -> Claim:
+    """Decide what the delivery of render message (backend, index) may do.
+
+    A new attempt is claimed once, by the first delivery to get here; every
+    later delivery resumes, waits or stops, so a job is never rendered twice.
+    """
+    if job.status.terminal:
+        return Claim(ClaimKind.JOB_DONE, index)
+    if index < len(job.attempts):
+        attempt = job.attempts[index]
+        if attempt.backend != backend:
+            return Claim(ClaimKind.STALE, index)
+        if attempt.status.terminal:
+            return Claim(ClaimKind.FINISHED, index)
+        if attempt.status is AttemptStatus.RUNNING:
+            return Claim(ClaimKind.RESUME, index, attempt.provider_task_id)
+        if attempt.delivery_id == delivery_id or now - attempt.started_at > create_timeout:
+            return Claim(ClaimKind.UNKNOWN_OUTCOME, index)
+        return Claim(ClaimKind.BUSY, index)
+    if index > len(job.attempts) or next_backend(job) != backend:
+        return Claim(ClaimKind.STALE, index)
+    job.attempts.append(Attempt(backend=backend, status=AttemptStatus.CREATING,
+                                delivery_id=delivery_id, started_at=now,
+                                estimated_cost_usd=estimated_cost_usd))
+    job.status = JobStatus.RENDERING
+    job.updated_at = now
+    return Claim(ClaimKind.CREATE, index)
+
+
+def record_task(job: Job, index: int, task_id: str, now: dt.datetime) -> bool:
+    """Checkpoint the provider's task id before polling starts."""
+    attempt = job.attempts[index]
+    if attempt.status is not AttemptStatus.CREATING:
+        return False
+    attempt.provider_task_id = task_id
+    attempt.status = AttemptStatus.RUNNING
+    job.updated_at = now
+    return True
+
+
+def succeed(job: Job, index: int, output: Output, cost_usd: float, quality: float,
+            now: dt.datetime) -> bool:
+    """End the job with this attempt's output; False if the attempt had already ended."""
+    attempt = job.attempts[index]
+    if attempt.status.terminal or job.status.terminal:
+        return False
+    attempt.status = AttemptStatus.SUCCEEDED
+    attempt.ended_at = now
+    attempt.cost_usd = cost_usd
+    job.status = JobStatus.SUCCEEDED
+    job.output = output
+    job.cost_usd = round(sum(a.cost_usd for a in job.attempts), 6)
+    job.quality_score = quality
+    job.updated_at = now
+    return True
+
+
+def falls_back(error_class: ErrorClass, fallback_on_refusal: bool) -> bool:
+    """Whether another backend should try after an attempt failed this way.
+
+    Invalid input fails the same everywhere; a refused prompt is refused unless
+    the operator chose otherwise. Everything else is the backend's problem.
+    """
+    if error_class is ErrorClass.INVALID_INPUT:
+        return False
+    if error_class is ErrorClass.CONTENT_REFUSED:
+        return fallback_on_refusal
+    return True
+
+
+@dataclass(frozen=True)
+class FailureOutcome:
+    changed: bool              # False: the attempt had already ended (a redelivery)
+    next_backend: str | None   # where the job goes next; None: the job failed
+
+
+def fail_attempt(job: Job, index: int, error: AttemptError, now: dt.datetime,
+                 fallback_on_refusal: bool = False,
+                 status: AttemptStatus = AttemptStatus.FAILED) -> FailureOutcome:
+    """End an attempt without output, and move the job to its next backend or end it."""
+    attempt = job.attempts[index]
+    if attempt.status.terminal or job.status.terminal:
+        return FailureOutcome(False, None)
+    attempt.status = status
+    attempt.ended_at = now
+    attempt.error = error
+    job.updated_at = now
+    following = next_backend(job) if falls_back(error.error_class, fallback_on_refusal) else None
+    if following is None:
+        job.status = JobStatus.FAILED
+        tried = "; ".join(
+            f"{a.backend}: {a.error.error_class.value} {a.error.code}" for a in job.attempts
+            if a.error is not None)
+        job.status_reason = f"no backend rendered the job ({tried})"
+    return FailureOutcome(True, following)
+
+
+def fail_job(job: Job, reason: str, now: dt.datetime) -> bool:
+    """End a job that cannot go on (dead-lettered, for instance)."""
+    if job.status.terminal:
+        return False
+    for attempt in job.attempts:
+        if not attempt.status.terminal:
+            attempt.status = AttemptStatus.FAILED
+            attempt.ended_at = now
+            attempt.error = AttemptError(error_class=ErrorClass.UNKNOWN, code="dead_lettered",
+                                         message=reason)
+    job.status = JobStatus.FAILED
+    job.status_reason = reason
+    job.updated_at = now
+    return True

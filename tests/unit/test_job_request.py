@@ -1,0 +1,36 @@
+"""The job request: defaults, and clear refusals of bad input."""
+
+import pytest
+from pydantic import ValidationError
+
+from aiprod.catalog import Mode
+from aiprod.domain.job import AspectRatio, JobRequest, Policy
+
+
+def test_defaults_match_the_design() -> None:
+    request = JobRequest(prompt="a fox")
+    assert request.duration_seconds == 5
+    assert request.aspect_ratio is AspectRatio.LANDSCAPE
+    assert request.audio is False
+    assert request.policy is Policy.CHEAPEST
+    assert request.mode is Mode.TEXT_TO_VIDEO
+
+
+def test_an_image_makes_it_image_to_video() -> None:
+    assert JobRequest(image_url="https://example.com/a.png").mode is Mode.IMAGE_TO_VIDEO
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "give a prompt, an image_url"),
+    ({"prompt": "x", "duration_seconds": 0}, "duration_seconds"),
+    ({"prompt": "x", "aspect_ratio": "4:3"}, "aspect_ratio"),
+    ({"prompt": "x", "min_quality": 1.5}, "min_quality"),
+    ({"prompt": "x", "max_cost_usd": -1}, "max_cost_usd"),
+    ({"prompt": "x", "policy": "random"}, "policy"),
+    ({"prompt": "x", "colour": "red"}, "colour"),
+    ({"prompt": "   "}, "prompt"),
+    ({"prompt": "x", "metadata": {"k": 1}}, "metadata"),
+])
+def test_bad_requests_name_the_problem(body: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        JobRequest.model_validate(body)

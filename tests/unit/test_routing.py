@@ -1,0 +1,157 @@
+"""Routing: filters by capability, quality, health, ceiling and budget; orders by policy."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aiprod.catalog import Catalog, load_catalog, parse_catalog
+from aiprod.domain import routing
+from aiprod.domain.job import JobRequest
+from aiprod.domain.pricing import estimate_usd
+
+CATALOG = load_catalog()
+
+
+def test_default_request_goes_to_the_cheapest_backend_that_can_render_5_seconds() -> None:
+    plan = routing.plan(JobRequest(prompt="fox"), CATALOG)
+    assert isinstance(plan, routing.Plan)
+    # Veo renders 4, 6 or 8 s only, so it cannot take a 5 s job.
+    assert plan.backends == ["replicate-seedance", "runway-gen45"]
+    assert plan.estimated_cost_usd == 0.4  # 5 s at 0.08 USD/s
+
+
+def test_best_quality_puts_the_highest_score_first() -> None:
+    plan = routing.plan(JobRequest(prompt="fox", duration_seconds=6, policy="best_quality"),
+                        CATALOG)
+    assert isinstance(plan, routing.Plan)
+    assert plan.backends == ["runway-gen45", "veo-31-fast", "replicate-seedance"]
+
+
+def test_fixed_follows_the_catalog_order() -> None:
+    plan = routing.plan(JobRequest(prompt="fox", duration_seconds=6, policy="fixed"), CATALOG)
+    assert isinstance(plan, routing.Plan)
+    assert plan.backends == CATALOG.names
+
+
+def test_audio_uses_the_audio_price() -> None:
+    plan = routing.plan(JobRequest(prompt="fox", duration_seconds=8, audio=True,
+                                   policy="fixed"), CATALOG)
+    assert isinstance(plan, routing.Plan)
+    assert "runway-gen45" not in plan.backends  # gen4.5 renders no audio
+    veo = next(q for q in plan.quotes if q.backend == "veo-31-fast")
+    assert veo.estimated_cost_usd == 1.2  # 8 s at 0.15 USD/s with audio
+
+
+def test_unsupported_request_says_why_per_backend() -> None:
+    rejection = routing.plan(JobRequest(prompt="fox", duration_seconds=40), CATALOG)
+    assert isinstance(rejection, routing.Rejection)
+    assert rejection.reason is routing.RejectionReason.UNSUPPORTED
+    assert "runway-gen45 renders 2-10 s, not 40 s" in rejection.detail
+
+
+def test_over_the_job_ceiling_quotes_the_cheapest() -> None:
+    rejection = routing.plan(JobRequest(prompt="fox", max_cost_usd=0.1), CATALOG)
+    assert isinstance(rejection, routing.Rejection)
+    assert rejection.reason is routing.RejectionReason.OVER_JOB_CEILING
+    assert rejection.cheapest is not None
+    assert rejection.cheapest.backend == "replicate-seedance"
+
+
+def test_budget_exhausted_is_its_own_reason() -> None:
+    rejection = routing.plan(JobRequest(prompt="fox"), CATALOG, budget_left_usd=0.2)
+    assert isinstance(rejection, routing.Rejection)
+    assert rejection.reason is routing.RejectionReason.BUDGET_EXHAUSTED
+
+
+def test_open_circuits_are_skipped_and_all_open_is_a_rejection() -> None:
+    plan = routing.plan(JobRequest(prompt="fox"), CATALOG, {"replicate-seedance": False})
+    assert isinstance(plan, routing.Plan)
+    assert plan.backends == ["runway-gen45"]
+    rejection = routing.plan(JobRequest(prompt="fox"), CATALOG,
+                             {"replicate-seedance": False, "runway-gen45": False})
+    assert isinstance(rejection, routing.Rejection)
+    assert rejection.reason is routing.RejectionReason.UNHEALTHY
+
+
+def test_quality_floor() -> None:
+    plan = routing.plan(JobRequest(prompt="fox", min_quality=0.85), CATALOG)
+    assert isinstance(plan, routing.Plan)
+    assert plan.backends == ["runway-gen45"]
+    rejection = routing.plan(JobRequest(prompt="fox", min_quality=0.99), CATALOG)
+    assert isinstance(rejection, routing.Rejection)
+    assert rejection.reason is routing.RejectionReason.QUALITY
+
+
+# -- properties over random catalogs and requests -------------------------------------
+RATIOS = ["16:9", "9:16", "1:1"]
+
+
+@st.composite
+def catalogs(draw: st.DrawFn) -> Catalog:
+    count = draw(st.integers(1, 6))
+    backends = []
+    for i in range(count):
+        modes = draw(st.sets(st.sampled_from(["text_to_video", "image_to_video"]), min_size=1))
+        low = draw(st.integers(1, 10))
+        caps = {mode: {"durations": {"min": low, "max": low + draw(st.integers(0, 10))},
+                       "aspect_ratios": draw(st.lists(st.sampled_from(RATIOS), min_size=1,
+                                                      unique=True)),
+                       "audio": draw(st.booleans())} for mode in modes}
+        backends.append({
+            "name": f"b{i}-x", "provider": draw(st.sampled_from(["runway", "veo", "replicate"])),
+            "model": "m", "quality": draw(st.floats(0, 1)), "typical_latency_s": 10,
+            "price": {"usd_per_second": draw(st.floats(0.01, 1)), "source": "s", "as_of": "d"},
+            "capabilities": caps,
+            "limits": {"max_prompt_chars": 5000, "max_image_data_uri_bytes": 1000}})
+    return parse_catalog(json.dumps({"version": 1, "backends": backends}))
+
+
+requests = st.builds(
+    JobRequest, prompt=st.just("p"),
+    image_url=st.one_of(st.none(), st.just("https://example.com/i.png")),
+    duration_seconds=st.integers(1, 25), aspect_ratio=st.sampled_from(RATIOS),
+    audio=st.booleans(), min_quality=st.floats(0, 1),
+    max_cost_usd=st.one_of(st.none(), st.floats(0.05, 20)),
+    policy=st.sampled_from(["cheapest", "best_quality", "fixed"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(catalogs(), requests, st.dictionaries(st.sampled_from([f"b{i}-x" for i in range(6)]),
+                                             st.booleans()),
+       st.one_of(st.none(), st.floats(0, 30)))
+def test_a_plan_never_breaks_a_constraint_and_follows_the_policy(
+        catalog: Catalog, request: JobRequest, healthy: dict[str, bool],
+        budget: float | None) -> None:
+    result = routing.plan(request, catalog, healthy, budget)
+    if isinstance(result, routing.Rejection):
+        # A rejection is only right when no backend passes every filter.
+        for backend in catalog.backends:
+            cost = estimate_usd(backend, request.duration_seconds, request.audio)
+            fits = (routing.capability_problem(backend, request) is None
+                    and backend.quality >= request.min_quality
+                    and healthy.get(backend.name, True)
+                    and (request.max_cost_usd is None or cost <= request.max_cost_usd)
+                    and (budget is None or cost <= budget))
+            assert not fits, f"{backend.name} fits but the request was rejected"
+        return
+    assert result.backends, "a plan is never empty"
+    assert len(set(result.backends)) == len(result.backends)
+    for quote in result.quotes:
+        backend = catalog.get(quote.backend)
+        assert routing.capability_problem(backend, request) is None
+        assert backend.quality >= request.min_quality
+        assert healthy.get(backend.name, True)
+        assert request.max_cost_usd is None or quote.estimated_cost_usd <= request.max_cost_usd
+        assert budget is None or quote.estimated_cost_usd <= budget
+    costs = [q.estimated_cost_usd for q in result.quotes]
+    qualities = [q.quality for q in result.quotes]
+    if request.policy == "cheapest":
+        assert costs == sorted(costs)
+    elif request.policy == "best_quality":
+        assert qualities == sorted(qualities, reverse=True)
+    else:
+        order = [catalog.names.index(name) for name in result.backends]
+        assert order == sorted(order)
