@@ -17,7 +17,7 @@ from aiprod.domain.job import (
 from aiprod.domain.lifecycle import ClaimKind
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
-WINDOW = dt.timedelta(seconds=120)
+LEASE = dt.timedelta(seconds=120)
 
 
 def make_job(plan: list[str] | None = None) -> Job:
@@ -28,30 +28,50 @@ def make_job(plan: list[str] | None = None) -> Job:
 
 def claim(job: Job, backend: str, index: int, delivery: str,
           now: dt.datetime = T0) -> lifecycle.Claim:
-    return lifecycle.claim_attempt(job, backend, index, delivery, now, WINDOW, 0.5)
+    return lifecycle.claim_attempt(job, backend, index, delivery, now, LEASE, 0.5)
 
 
 def error(cls: ErrorClass = ErrorClass.BACKEND) -> AttemptError:
     return AttemptError(error_class=cls, code="x", message="boom")
 
 
-def test_first_delivery_claims_and_a_duplicate_waits_then_resumes() -> None:
+def test_first_delivery_claims_and_copies_stand_back_while_its_lease_lives() -> None:
     job = make_job()
     assert claim(job, "a", 0, "m1").kind is ClaimKind.CREATE
     assert job.status is JobStatus.RENDERING
-    assert claim(job, "a", 0, "m2").kind is ClaimKind.BUSY
+    assert claim(job, "a", 0, "m2").kind is ClaimKind.DUPLICATE
     assert lifecycle.record_task(job, 0, "task-1", T0)
-    resumed = claim(job, "a", 0, "m2")
-    assert (resumed.kind, resumed.task_id) == (ClaimKind.RESUME, "task-1")
+    assert claim(job, "a", 0, "m2", T0 + LEASE / 2).kind is ClaimKind.DUPLICATE
     assert len(job.attempts) == 1
 
 
-def test_the_claiming_message_redelivered_mid_create_is_an_unknown_outcome() -> None:
+def test_the_holders_redelivered_message_takes_over_a_running_task() -> None:
+    job = make_job()
+    claim(job, "a", 0, "m1")
+    lifecycle.record_task(job, 0, "task-1", T0)
+    resumed = claim(job, "a", 0, "m1", T0 + dt.timedelta(seconds=5))
+    assert (resumed.kind, resumed.task_id) == (ClaimKind.RESUME, "task-1")
+    assert job.attempts[0].lease_expires_at == T0 + dt.timedelta(seconds=5) + LEASE
+
+
+def test_an_expired_or_released_lease_lets_another_delivery_resume() -> None:
+    job = make_job()
+    claim(job, "a", 0, "m1")
+    lifecycle.record_task(job, 0, "task-1", T0)
+    assert claim(job, "a", 0, "m2", T0 + LEASE).kind is ClaimKind.RESUME
+    assert job.attempts[0].delivery_id == "m2"
+    assert lifecycle.release_lease(job, 0, T0 + LEASE)
+    assert claim(job, "a", 0, "continuation", T0 + LEASE).kind is ClaimKind.RESUME
+
+
+def test_a_create_cut_off_is_an_unknown_outcome_never_a_second_create() -> None:
     job = make_job()
     claim(job, "a", 0, "m1")
     assert claim(job, "a", 0, "m1").kind is ClaimKind.UNKNOWN_OUTCOME
-    # so is any delivery once the create window has surely passed
-    assert claim(job, "a", 0, "m9", T0 + WINDOW * 2).kind is ClaimKind.UNKNOWN_OUTCOME
+    job = make_job()
+    claim(job, "a", 0, "m1")
+    assert claim(job, "a", 0, "m9", T0 + LEASE * 2).kind is ClaimKind.UNKNOWN_OUTCOME
+    assert len(job.attempts) == 1
 
 
 def test_failure_falls_back_in_plan_order_then_fails_the_job() -> None:
@@ -64,7 +84,8 @@ def test_failure_falls_back_in_plan_order_then_fails_the_job() -> None:
     outcome = lifecycle.fail_attempt(job, 1, error(), T0)
     assert (outcome.changed, outcome.next_backend) == (True, None)
     assert job.status is JobStatus.FAILED
-    assert "a: backend x" in job.status_reason and "b: backend x" in job.status_reason
+    assert "a: backend x" in job.status_reason
+    assert "b: backend x" in job.status_reason
 
 
 def test_a_redelivered_failure_changes_nothing() -> None:
@@ -96,7 +117,8 @@ def test_success_is_recorded_once_with_cost_and_quality() -> None:
                     sha256="0" * 64)
     assert lifecycle.succeed(job, 0, output, 0.4, 0.8, T0)
     assert not lifecycle.succeed(job, 0, output, 0.4, 0.8, T0)
-    assert job.status is JobStatus.SUCCEEDED and job.cost_usd == 0.4
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.cost_usd == 0.4
     assert job.attempts[0].status is AttemptStatus.SUCCEEDED
     assert claim(job, "a", 0, "m2").kind is ClaimKind.JOB_DONE
 

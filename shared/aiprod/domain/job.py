@@ -122,7 +122,8 @@ class Output(BaseModel):
 class Attempt(BaseModel):
     backend: str
     status: AttemptStatus
-    delivery_id: str = ""          # the Pub/Sub message that claimed it
+    delivery_id: str = ""          # the Pub/Sub message that holds the attempt's lease
+    lease_expires_at: datetime | None = None  # until then, other deliveries stand back
     provider_task_id: str | None = None
     started_at: datetime
     ended_at: datetime | None = None

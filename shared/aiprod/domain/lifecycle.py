@@ -21,12 +21,17 @@ from aiprod.domain.job import (
 
 class ClaimKind(StrEnum):
     CREATE = "create"            # this delivery owns a new attempt: call the provider
-    RESUME = "resume"            # the task exists: poll it (idempotent)
+    RESUME = "resume"            # the task exists and this delivery holds the lease: poll it
     FINISHED = "finished"        # the attempt already ended: nothing to render
-    BUSY = "busy"                # another delivery is creating the task right now
+    DUPLICATE = "duplicate"      # a live delivery holds the lease: this copy stands back
     UNKNOWN_OUTCOME = "unknown"  # a create call was cut off: the task may exist
     STALE = "stale"              # the job moved on: this message is obsolete
     JOB_DONE = "job_done"        # the job is terminal
+
+    @property
+    def writes(self) -> bool:
+        """Whether acting on this claim changes the job (and so needs a transaction)."""
+        return self in (ClaimKind.CREATE, ClaimKind.RESUME, ClaimKind.UNKNOWN_OUTCOME)
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,14 @@ def next_backend(job: Job) -> str | None:
 
 
 def claim_attempt(job: Job, backend: str, index: int, delivery_id: str, now: dt.datetime,
-                  create_timeout: dt.timedelta, estimated_cost_usd: float) -> Claim:
+                  lease: dt.timedelta, estimated_cost_usd: float) -> Claim:
     """Decide what the delivery of render message (backend, index) may do.
 
-    A new attempt is claimed once, by the first delivery to get here; every
-    later delivery resumes, waits or stops, so a job is never rendered twice.
+    One delivery at a time holds an attempt's lease. A copy of the message
+    (a duplicate publish) stands back while the lease is live: the holder's own
+    message stays unacknowledged until it hands off, so if the holder dies,
+    Pub/Sub redelivers that message and it takes over. A job is never rendered
+    twice, and never polled by two invocations at once.
     """
     if job.status.terminal:
         return Claim(ClaimKind.JOB_DONE, index)
@@ -59,19 +67,35 @@ def claim_attempt(job: Job, backend: str, index: int, delivery_id: str, now: dt.
             return Claim(ClaimKind.STALE, index)
         if attempt.status.terminal:
             return Claim(ClaimKind.FINISHED, index)
-        if attempt.status is AttemptStatus.RUNNING:
-            return Claim(ClaimKind.RESUME, index, attempt.provider_task_id)
-        if attempt.delivery_id == delivery_id or now - attempt.started_at > create_timeout:
+        holder = attempt.delivery_id == delivery_id
+        expired = attempt.lease_expires_at is None or now >= attempt.lease_expires_at
+        if not holder and not expired:
+            return Claim(ClaimKind.DUPLICATE, index)
+        # The holder died (its message came back) or its lease ran out: take over.
+        attempt.delivery_id = delivery_id
+        attempt.lease_expires_at = now + lease
+        job.updated_at = now
+        if attempt.status is AttemptStatus.CREATING:
             return Claim(ClaimKind.UNKNOWN_OUTCOME, index)
-        return Claim(ClaimKind.BUSY, index)
+        return Claim(ClaimKind.RESUME, index, attempt.provider_task_id)
     if index > len(job.attempts) or next_backend(job) != backend:
         return Claim(ClaimKind.STALE, index)
     job.attempts.append(Attempt(backend=backend, status=AttemptStatus.CREATING,
-                                delivery_id=delivery_id, started_at=now,
-                                estimated_cost_usd=estimated_cost_usd))
+                                delivery_id=delivery_id, lease_expires_at=now + lease,
+                                started_at=now, estimated_cost_usd=estimated_cost_usd))
     job.status = JobStatus.RENDERING
     job.updated_at = now
     return Claim(ClaimKind.CREATE, index)
+
+
+def release_lease(job: Job, index: int, now: dt.datetime) -> bool:
+    """Let the next delivery (a continuation) take the attempt over at once."""
+    attempt = job.attempts[index]
+    if attempt.status.terminal:
+        return False
+    attempt.lease_expires_at = now
+    job.updated_at = now
+    return True
 
 
 def record_task(job: Job, index: int, task_id: str, now: dt.datetime) -> bool:

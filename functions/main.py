@@ -1,0 +1,37 @@
+"""Cloud Functions entry points: a table of contents, nothing more.
+
+Deployed once per entry point (and `render` once per backend, with BACKEND set).
+Pub/Sub-driven functions are HTTP-triggered with Terraform-owned push
+subscriptions ("direct Pub/Sub triggers"); functions-framework turns the raw
+push body into a CloudEvent.
+"""
+
+import functions_framework
+from cloudevents.http import CloudEvent
+from flask import Request, Response
+
+from aiprod import entrypoints
+
+
+@functions_framework.http
+def api(request: Request) -> Response:
+    """REST API: /v1/jobs, /v1/quote, /v1/backends, /healthz."""
+    return entrypoints.api(request)
+
+
+@functions_framework.cloud_event
+def intake(event: CloudEvent) -> None:
+    """Jobs published by other systems on the video-jobs topic."""
+    entrypoints.intake(event)
+
+
+@functions_framework.cloud_event
+def render(event: CloudEvent) -> None:
+    """One attempt of a job on this deployment's backend (render-<backend> topic)."""
+    entrypoints.render(event)
+
+
+@functions_framework.cloud_event
+def dead_letter(event: CloudEvent) -> None:
+    """Messages Pub/Sub gave up on: end their jobs cleanly."""
+    entrypoints.dead_letter(event)

@@ -1,0 +1,1 @@
+"""Adapters: Firestore, Pub/Sub, providers, storage, metrics. They do I/O and decide no policy."""

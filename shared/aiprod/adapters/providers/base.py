@@ -1,0 +1,81 @@
+"""The one small interface every provider client implements.
+
+Clients translate between AIPROD's RenderSpec and a provider's own API (through
+its official SDK) and classify every outcome into an ErrorClass. They decide no
+policy: whether to retry, fall back or strike is the render service's call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from aiprod.domain.job import ErrorClass
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """What to render, in provider-neutral terms."""
+
+    job_id: str
+    model: str
+    prompt: str | None
+    image_url: str | None  # https URL, gs:// URI or data: URI (image-to-video)
+    duration_seconds: int
+    aspect_ratio: str  # "16:9" | "9:16" | "1:1"
+    audio: bool
+
+
+class TaskState(StrEnum):
+    RUNNING = "RUNNING"      # queued, throttled or rendering: poll again later
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class ProviderError(Exception):
+    """A classified provider outcome: the provider's own code and message are kept."""
+
+    def __init__(self, error_class: ErrorClass, code: str, message: str,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(f"{error_class.value}: {code}: {message}")
+        self.error_class = error_class
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    state: TaskState
+    progress: float | None = None
+    output_url: str | None = None     # where to download the video (http(s) or gs://)
+    output_bytes: bytes | None = None  # the video itself, when the provider inlines it
+    error: ProviderError | None = None  # set when state is FAILED
+    cost_usd: float | None = None      # what the provider reports it charged, if it does
+
+
+class VideoProvider(Protocol):
+    """A provider's API, as AIPROD needs it."""
+
+    def create(self, spec: RenderSpec) -> str:
+        """Start a render; return the provider's task id. Raises ProviderError.
+
+        A create whose outcome cannot be known (the request may have reached the
+        provider) raises ProviderError with ErrorClass.UNKNOWN, never retries.
+        """
+        ...
+
+    def poll(self, task_id: str) -> TaskStatus:
+        """The task's state now. Raises ProviderError for call failures."""
+        ...
+
+    def cancel(self, task_id: str) -> None:
+        """Ask the provider to stop the task (best effort)."""
+        ...
+
+    def download(self, status: TaskStatus, dest: Path) -> None:
+        """Write the finished video to `dest`."""
+        ...

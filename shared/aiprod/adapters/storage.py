@@ -1,0 +1,71 @@
+"""Durable output storage: provider URLs expire, so every output is copied here.
+
+`file://DIR` keeps outputs in a local folder (development); `gs://BUCKET/PREFIX`
+keeps them in Cloud Storage (production, or the storage emulator in tests).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+
+class OutputStore(Protocol):
+    def put(self, source: Path, key: str, content_type: str) -> str:
+        """Copy `source` to `key` (idempotent: the same key overwrites); return its URI."""
+        ...
+
+    def download_url(self, uri: str, expires_in: dt.timedelta) -> str:
+        """A URL a caller can fetch the output from, valid for `expires_in`."""
+        ...
+
+
+class LocalOutputStore:
+    def __init__(self, root: Path) -> None:
+        self._root = root.resolve()
+
+    def put(self, source: Path, key: str, content_type: str) -> str:
+        target = self._root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".partial-",
+                                         delete=False) as partial, source.open("rb") as data:
+            shutil.copyfileobj(data, partial)
+        Path(partial.name).replace(target)  # atomic: readers never see half a file
+        return target.as_uri()
+
+    def download_url(self, uri: str, expires_in: dt.timedelta) -> str:
+        return uri  # a local file needs no signature
+
+
+class GcsOutputStore:
+    def __init__(self, bucket: str, prefix: str = "") -> None:
+        from google.cloud.storage import Client
+
+        self._client = Client()
+        self._bucket = self._client.bucket(bucket)
+        self._prefix = prefix.strip("/")
+
+    def put(self, source: Path, key: str, content_type: str) -> str:
+        name = f"{self._prefix}/{key}" if self._prefix else key
+        blob = self._bucket.blob(name)
+        blob.upload_from_filename(str(source), content_type=content_type)
+        return f"gs://{self._bucket.name}/{name}"
+
+    def download_url(self, uri: str, expires_in: dt.timedelta) -> str:
+        name = urlparse(uri).path.lstrip("/")
+        url: str = self._bucket.blob(name).generate_signed_url(
+            version="v4", expiration=expires_in, method="GET")
+        return url
+
+
+def output_store_for(uri: str) -> OutputStore:
+    parsed = urlparse(uri)
+    if parsed.scheme == "gs":
+        return GcsOutputStore(parsed.netloc, parsed.path)
+    if parsed.scheme == "file":
+        return LocalOutputStore(Path(parsed.netloc + parsed.path))
+    raise ValueError(f"AIPROD_OUTPUT_URI must be file://DIR or gs://BUCKET/PREFIX, not {uri!r}")

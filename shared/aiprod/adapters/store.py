@@ -1,0 +1,75 @@
+"""Firestore persistence for jobs. Reads and writes documents; decides nothing.
+
+Job documents change only inside `mutate`, a transaction on that one document:
+contention is per job (a few writers at most), so optimistic retries are cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from aiprod.domain.job import Job
+
+T = TypeVar("T")
+
+JOBS = "jobs"
+
+
+class JobStore(Protocol):
+    def create(self, job: Job) -> bool:
+        """Store a new job; False if a job with that id already exists."""
+        ...
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def mutate(self, job_id: str, change: Callable[[Job], T]) -> tuple[Job, T] | None:
+        """Apply `change` to the job atomically; None if the job does not exist."""
+        ...
+
+
+def job_to_doc(job: Job) -> dict[str, Any]:
+    return job.model_dump(mode="python", by_alias=True)
+
+
+def job_from_doc(doc: dict[str, Any]) -> Job:
+    return Job.model_validate(doc)
+
+
+class FirestoreJobStore:
+    def __init__(self, client: firestore.Client) -> None:
+        self._client = client
+        self._jobs = client.collection(JOBS)
+
+    def create(self, job: Job) -> bool:
+        try:
+            self._jobs.document(job.id).create(job_to_doc(job))
+        except gexc.AlreadyExists:
+            return False
+        return True
+
+    def get(self, job_id: str) -> Job | None:
+        snapshot = self._jobs.document(job_id).get()
+        return job_from_doc(snapshot.to_dict() or {}) if snapshot.exists else None
+
+    def mutate(self, job_id: str, change: Callable[[Job], T]) -> tuple[Job, T] | None:
+        ref = self._jobs.document(job_id)
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> tuple[Job, T] | None:
+            snapshot = ref.get(transaction=transaction)
+            if not snapshot.exists:
+                return None
+            before = snapshot.to_dict() or {}
+            job = job_from_doc(before)
+            result = change(job)
+            after = job_to_doc(job)
+            if after != job_to_doc(job_from_doc(before)):
+                transaction.set(ref, after)
+            return job, result
+
+        outcome: tuple[Job, T] | None = run(self._client.transaction(max_attempts=20))
+        return outcome

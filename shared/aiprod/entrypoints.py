@@ -1,0 +1,119 @@
+"""What each Cloud Function entry point does, minus the functions-framework
+decorators (those stay in functions/main.py). Parses the trigger's input and
+calls one service."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from typing import Any
+
+from cloudevents.http import CloudEvent
+from flask import Request, Response
+from pydantic import ValidationError
+
+from aiprod import api as rest
+from aiprod import logs
+from aiprod.domain import routing
+from aiprod.domain.events import EventType, JobEvent
+from aiprod.domain.job import JobRequest, JobStatus
+from aiprod.logs import log
+from aiprod.problems import invalid_request
+from aiprod.runtime import get_runtime
+from aiprod.services import admission
+from aiprod.services.deadletter import handle_dead_letter
+from aiprod.services.messages import RenderMessage
+from aiprod.services.render import handle_render
+
+logger = logging.getLogger(__name__)
+logs.configure()
+
+
+class PubSubMessage:
+    """The Pub/Sub message inside a CloudEvent (direct push bodies are converted
+    to CloudEvents by functions-framework)."""
+
+    def __init__(self, event: CloudEvent) -> None:
+        message: dict[str, Any] = (event.data or {}).get("message", {})
+        self.id: str = message.get("messageId") or message.get("message_id") or event["id"]
+        self.attributes: dict[str, str] = message.get("attributes") or {}
+        self.raw: bytes = base64.b64decode(message.get("data") or b"", validate=False)
+
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
+def api(request: Request) -> Response:
+    return rest.handle(get_runtime(), request)
+
+
+def render(event: CloudEvent) -> None:
+    message = PubSubMessage(event)
+    rt = get_runtime()
+    try:
+        render_message = RenderMessage.model_validate(message.json())
+    except (ValueError, ValidationError) as error:
+        # Only AIPROD publishes here: a bad message is a bug; retrying will not fix it.
+        log(logger, logging.ERROR, f"unreadable render message dropped: {error}",
+            message_id=message.id)
+        return
+    if rt.settings.backend and render_message.backend != rt.settings.backend:
+        log(logger, logging.ERROR, "render message for another backend dropped",
+            job_id=render_message.job_id, backend=render_message.backend)
+        return
+    handle_render(rt, render_message, delivery_id=message.id)
+
+
+def intake_job_id(message: PubSubMessage) -> str:
+    """Stable per message (or per publisher idempotency key), so redelivery admits once."""
+    key = message.attributes.get("idempotency_key") or message.id
+    return "job_" + hashlib.sha256(f"pubsub:{key}".encode()).hexdigest()[:32]
+
+
+def intake(event: CloudEvent) -> None:
+    """Admit a job another system published; answer bad ones on job-events."""
+    message = PubSubMessage(event)
+    rt = get_runtime()
+    correlation_id = message.attributes.get("correlation_id")
+    job_id = intake_job_id(message)
+    try:
+        request = JobRequest.model_validate(message.json())
+    except (ValueError, binascii.Error, ValidationError) as error:
+        if isinstance(error, ValidationError):
+            reason = invalid_request(error).detail
+        else:
+            reason = f"the message is not a JSON job request: {error}"
+        _reject(job_id, correlation_id, reason, "invalid-request")
+        return
+    result = admission.admit(rt, request, job_id=job_id, owner="pubsub",
+                             correlation_id=correlation_id)
+    if isinstance(result, routing.Rejection):
+        _reject(job_id, correlation_id, result.detail, result.reason.value)
+
+
+def _reject(job_id: str, correlation_id: str | None, reason: str, code: str) -> None:
+    rt = get_runtime()
+    log(logger, logging.WARNING, f"intake message rejected: {reason}", job_id=job_id,
+        correlation_id=correlation_id)
+    event = JobEvent(event_id=f"{job_id}:{EventType.REJECTED.value}", type=EventType.REJECTED,
+                     job_id=job_id, status=JobStatus.REJECTED, at=rt.clock(), reason=reason,
+                     correlation_id=correlation_id)
+    rt.bus.publish(rt.settings.events_topic, event.model_dump(mode="json") | {"code": code},
+                   {"job_id": job_id, "type": event.type.value, "status": "REJECTED",
+                    "event_id": event.event_id, **({"correlation_id": correlation_id}
+                                                   if correlation_id else {})})
+
+
+def dead_letter(event: CloudEvent) -> None:
+    message = PubSubMessage(event)
+    try:
+        payload = message.json()
+    except ValueError:
+        payload = {}
+    handle_dead_letter(get_runtime(), payload if isinstance(payload, dict) else {},
+                       message.attributes)
+
+

@@ -1,0 +1,53 @@
+"""Wires adapters to settings once per process, so warm invocations reuse clients."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiprod.adapters.bus import Bus, PubSubBus
+from aiprod.adapters.providers import make_provider
+from aiprod.adapters.providers.base import VideoProvider
+from aiprod.adapters.storage import OutputStore, output_store_for
+from aiprod.adapters.store import FirestoreJobStore, JobStore
+from aiprod.catalog import Catalog
+from aiprod.config import Settings, get_settings
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    catalog: Catalog
+    store: JobStore
+    bus: Bus
+    outputs: OutputStore
+    clock: Callable[[], dt.datetime] = utcnow
+    sleep: Callable[[float], None] = time.sleep
+    _providers: dict[str, VideoProvider] = field(default_factory=dict)
+
+    def provider(self, backend: str) -> VideoProvider:
+        if backend not in self._providers:
+            self._providers[backend] = make_provider(self.catalog.get(backend), self.settings)
+        return self._providers[backend]
+
+
+@functools.cache
+def get_runtime() -> Runtime:
+    from google.cloud import firestore
+
+    settings = get_settings()
+    client = firestore.Client(project=settings.project, database=settings.firestore_database)
+    return Runtime(
+        settings=settings,
+        catalog=settings.catalog(),
+        store=FirestoreJobStore(client),
+        bus=PubSubBus(settings.project),
+        outputs=output_store_for(settings.output_uri),
+    )

@@ -1,0 +1,69 @@
+"""Admission: the one path every job takes in, over HTTP or from the intake topic."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiprod.domain import routing
+from aiprod.domain.events import EventType
+from aiprod.domain.job import Job, JobRequest, JobStatus
+from aiprod.logs import log
+from aiprod.runtime import Runtime
+from aiprod.services.publishing import dispatch, emit
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    job: Job
+    created: bool  # False: this job id already existed (a retried submission)
+
+
+def quote(rt: Runtime, request: JobRequest) -> routing.Plan | routing.Rejection:
+    return routing.plan(request, rt.catalog)
+
+
+def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
+          correlation_id: str | None = None) -> Admitted | routing.Rejection:
+    """Validate against the catalog, plan the route, store the job and dispatch it.
+
+    Idempotent for a given job_id: a retry finds the stored job and makes sure
+    it was dispatched, so a crash between storing and publishing loses nothing.
+    """
+    existing = rt.store.get(job_id)
+    if existing is not None:
+        _ensure_dispatched(rt, existing)
+        return Admitted(existing, created=False)
+
+    decision = quote(rt, request)
+    if isinstance(decision, routing.Rejection):
+        log(logger, logging.INFO, f"job rejected: {decision.detail}", job_id=job_id,
+            reason=decision.reason.value, owner=owner, correlation_id=correlation_id)
+        return decision
+
+    now = rt.clock()
+    job = Job(id=job_id, owner=owner, request=request, plan=decision.backends,
+              status=JobStatus.QUEUED, estimated_cost_usd=decision.estimated_cost_usd,
+              correlation_id=correlation_id, created_at=now, updated_at=now)
+    if not rt.store.create(job):  # a concurrent retry stored it first
+        stored = rt.store.get(job_id)
+        assert stored is not None
+        _ensure_dispatched(rt, stored)
+        return Admitted(stored, created=False)
+    log(logger, logging.INFO, "job admitted", job_id=job_id, plan=job.plan, owner=owner,
+        estimated_cost_usd=job.estimated_cost_usd, correlation_id=correlation_id)
+    dispatch(rt, job, job.plan[0], 0)
+    emit(rt, job, EventType.QUEUED)
+    return Admitted(job, created=True)
+
+
+def _ensure_dispatched(rt: Runtime, job: Job) -> None:
+    """A job still QUEUED with no attempt may have missed its dispatch: send it again.
+
+    The render function claims attempts in a transaction, so a duplicate
+    dispatch renders nothing twice.
+    """
+    if job.status is JobStatus.QUEUED and not job.attempts:
+        dispatch(rt, job, job.plan[0], 0)

@@ -1,0 +1,39 @@
+"""Dead-lettered messages: a message Pub/Sub gave up on must not leave its job stuck."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from aiprod.domain import lifecycle
+from aiprod.logs import log
+from aiprod.runtime import Runtime
+from aiprod.services.messages import RenderMessage
+from aiprod.services.publishing import emit_terminal
+
+logger = logging.getLogger(__name__)
+
+
+def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[str, str]) -> None:
+    source = attributes.get("CloudPubSubDeadLetterSourceSubscription", "unknown subscription")
+    attempts = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "?")
+    job_id = payload.get("job_id") or attributes.get("job_id")
+    try:
+        RenderMessage.model_validate(payload)
+    except ValidationError:
+        # An intake message that kept failing (its job may never have been stored).
+        log(logger, logging.ERROR, "intake message dead-lettered", source=source,
+            delivery_count=attempts, job_id=job_id,
+            correlation_id=attributes.get("correlation_id"))
+        return
+    reason = f"dead-lettered from {source} after {attempts} deliveries"
+    done = rt.store.mutate(str(job_id), lambda j: lifecycle.fail_job(j, reason, rt.clock()))
+    if done is None:
+        log(logger, logging.ERROR, "dead-lettered message for an unknown job", job_id=job_id)
+        return
+    job, changed = done
+    log(logger, logging.ERROR, reason, job_id=job.id, changed=changed)
+    if changed:
+        emit_terminal(rt, job)

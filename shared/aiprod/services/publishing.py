@@ -1,0 +1,38 @@
+"""Hand-offs to other functions and events to the outside world."""
+
+from __future__ import annotations
+
+import logging
+
+from aiprod.domain.events import TERMINAL_EVENTS, EventType, job_event
+from aiprod.domain.job import Job
+from aiprod.domain.views import public_job
+from aiprod.logs import log
+from aiprod.runtime import Runtime
+from aiprod.services.messages import RenderMessage
+
+logger = logging.getLogger(__name__)
+
+
+def dispatch(rt: Runtime, job: Job, backend: str, attempt: int) -> None:
+    """Send the job to a backend's render function."""
+    message = RenderMessage(job_id=job.id, backend=backend, attempt=attempt)
+    topic = rt.catalog.get(backend).topic
+    rt.bus.publish(topic, message.model_dump(), {"job_id": job.id})
+    log(logger, logging.INFO, f"job dispatched to {backend}", job_id=job.id,
+        backend=backend, attempt=attempt)
+
+
+def emit(rt: Runtime, job: Job, event_type: EventType, attempt: int | None = None) -> None:
+    """Publish a job event; terminal events carry the whole public job."""
+    body = None
+    if event_type in TERMINAL_EVENTS.values():
+        body = public_job(job)
+    event = job_event(job, event_type, attempt=attempt, public_job=body)
+    rt.bus.publish(rt.settings.events_topic, event.model_dump(mode="json", by_alias=True),
+                   {"job_id": job.id, "type": event.type.value, "status": job.status.value,
+                    "event_id": event.event_id})
+
+
+def emit_terminal(rt: Runtime, job: Job) -> None:
+    emit(rt, job, TERMINAL_EVENTS[job.status])

@@ -1,0 +1,230 @@
+"""Render one attempt of a job on one backend, then hand the job on.
+
+One invocation claims the attempt, creates the provider task (once), checkpoints
+its id, polls it, and on success copies and verifies the output. Failures move
+the job to the next backend by publishing to that backend's topic; a render that
+would outlive the function republishes a continuation to its own topic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from google.api_core.exceptions import RetryError
+from google.api_core.retry import Retry
+
+from aiprod import media
+from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
+from aiprod.catalog import Backend
+from aiprod.domain import lifecycle, pricing
+from aiprod.domain.events import EventType
+from aiprod.domain.job import AttemptError, ErrorClass, Job, JobStatus, Output
+from aiprod.domain.lifecycle import ClaimKind
+from aiprod.logs import log
+from aiprod.runtime import Runtime
+from aiprod.services.messages import RenderMessage
+from aiprod.services.publishing import dispatch, emit, emit_terminal
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_CONTENT_TYPE = "video/mp4"
+
+
+def _lease(rt: Runtime) -> dt.timedelta:
+    """How long an invocation may hold an attempt: it hands off before this runs out."""
+    settings = rt.settings
+    return dt.timedelta(seconds=settings.create_timeout_s + settings.render_deadline_s + 60)
+
+
+def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None:
+    backend = rt.catalog.get(message.backend)
+    job = rt.store.get(message.job_id)
+    if job is None:
+        log(logger, logging.ERROR, "render message for an unknown job", job_id=message.job_id)
+        return
+    estimate = pricing.estimate_usd(backend, job.request.duration_seconds, job.request.audio)
+
+    def claim_on(candidate: Job) -> lifecycle.Claim:
+        return lifecycle.claim_attempt(candidate, backend.name, message.attempt, delivery_id,
+                                       rt.clock(), _lease(rt), estimate)
+
+    # Most duplicate deliveries are settled by a plain read; only claims that change
+    # the job take a transaction (which re-decides on fresh data).
+    claim = claim_on(job.model_copy(deep=True))
+    if claim.kind.writes:
+        claimed = rt.store.mutate(job.id, claim_on)
+        if claimed is None:
+            return
+        job, claim = claimed
+    index = claim.attempt_index
+    log(logger, logging.INFO, f"render claim: {claim.kind.value}", job_id=job.id,
+        backend=backend.name, attempt=index, delivery_id=delivery_id)
+
+    if claim.kind is ClaimKind.JOB_DONE:
+        if index == len(job.attempts) - 1:
+            emit_terminal(rt, job)  # the first delivery may have died before announcing it
+        return
+    if claim.kind in (ClaimKind.STALE, ClaimKind.DUPLICATE):
+        return
+    if claim.kind is ClaimKind.FINISHED:
+        _follow_up(rt, job, index)
+        return
+    if claim.kind is ClaimKind.UNKNOWN_OUTCOME:
+        _fail(rt, job.id, index, AttemptError(
+            error_class=ErrorClass.UNKNOWN, code="create_outcome_unknown",
+            message="the create call was interrupted; the provider's verdict is unknown"))
+        return
+
+    task_id = claim.task_id
+    if claim.kind is ClaimKind.CREATE:
+        emit(rt, job, EventType.ATTEMPT_STARTED, attempt=index)
+        task_id = _create(rt, backend, job, index)
+        if task_id is None:
+            return
+    assert task_id is not None
+    _poll_until_done(rt, backend, message, task_id, deadline=time.monotonic()
+                     + rt.settings.render_deadline_s)
+
+
+def _spec(backend: Backend, job: Job) -> RenderSpec:
+    request = job.request
+    return RenderSpec(job_id=job.id, model=backend.model, prompt=request.prompt,
+                      image_url=request.image_url, duration_seconds=request.duration_seconds,
+                      aspect_ratio=request.aspect_ratio.value, audio=request.audio)
+
+
+def _is_transient(error: Exception) -> bool:
+    return isinstance(error, ProviderError) and error.error_class is ErrorClass.TRANSIENT
+
+
+def _create(rt: Runtime, backend: Backend, job: Job, index: int) -> str | None:
+    """Create the provider task (retrying only calls that surely created nothing) and
+    checkpoint its id. None when the attempt ended instead."""
+    provider = rt.provider(backend.name)
+    retry = Retry(predicate=_is_transient, initial=rt.settings.transient_retry_initial_s,
+                  maximum=rt.settings.transient_retry_initial_s * 8, multiplier=2,
+                  timeout=rt.settings.transient_retry_budget_s)
+    try:
+        task_id: str = retry(provider.create)(_spec(backend, job))
+    except ProviderError as error:
+        _fail(rt, job.id, index, AttemptError(error_class=error.error_class, code=error.code,
+                                              message=error.message))
+        return None
+    except RetryError as error:  # the retry budget ran out on transient errors
+        cause = error.cause if isinstance(error.cause, ProviderError) else None
+        _fail(rt, job.id, index, AttemptError(
+            error_class=ErrorClass.TRANSIENT, code=cause.code if cause else "retry_exhausted",
+            message=cause.message if cause else str(error)))
+        return None
+    checkpointed = rt.store.mutate(job.id, lambda j: lifecycle.record_task(
+        j, index, task_id, rt.clock()))
+    if checkpointed is None or not checkpointed[1]:
+        provider.cancel(task_id)  # the job ended while we were creating: stop paying
+        return None
+    log(logger, logging.INFO, "provider task created", job_id=job.id, backend=backend.name,
+        attempt=index, provider_task_id=task_id)
+    return task_id
+
+
+def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task_id: str,
+                     deadline: float) -> None:
+    provider = rt.provider(backend.name)
+    while True:
+        try:
+            status = provider.poll(task_id)
+        except ProviderError as error:
+            if error.error_class is not ErrorClass.TRANSIENT:
+                _fail(rt, message.job_id, message.attempt, AttemptError(
+                    error_class=error.error_class, code=error.code, message=error.message))
+                return
+            status = TaskStatus(state=TaskState.RUNNING)
+        if status.state is TaskState.SUCCEEDED:
+            _succeed(rt, backend, message, status)
+            return
+        if status.state is TaskState.FAILED:
+            failure = status.error or ProviderError(ErrorClass.BACKEND, "failed", "task failed")
+            _fail(rt, message.job_id, message.attempt, AttemptError(
+                error_class=failure.error_class, code=failure.code, message=failure.message))
+            return
+        if status.state is TaskState.CANCELLED:
+            _fail(rt, message.job_id, message.attempt, AttemptError(
+                error_class=ErrorClass.BACKEND, code="cancelled_by_provider",
+                message="the provider cancelled the task"))
+            return
+        if time.monotonic() + rt.settings.poll_interval_s > deadline:
+            # Hand off before the platform kills us: a continuation resumes this task.
+            rt.store.mutate(message.job_id, lambda j: lifecycle.release_lease(
+                j, message.attempt, rt.clock()))
+            rt.bus.publish(backend.topic, message.model_dump(), {"job_id": message.job_id,
+                                                                 "continuation": "true"})
+            log(logger, logging.INFO, "render continues in a new invocation",
+                job_id=message.job_id, backend=backend.name, provider_task_id=task_id)
+            return
+        rt.sleep(rt.settings.poll_interval_s)
+
+
+def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: TaskStatus) -> None:
+    provider = rt.provider(backend.name)
+    with tempfile.TemporaryDirectory(prefix="aiprod-") as tmp:
+        path = Path(tmp) / "output.mp4"
+        try:
+            provider.download(status, path)
+            info = media.probe_video(path)
+        except (ProviderError, media.InvalidVideo) as error:
+            _fail(rt, message.job_id, message.attempt, AttemptError(
+                error_class=ErrorClass.OUTPUT_CHECK, code="undecodable_output",
+                message=str(error)))
+            return
+        data = path.read_bytes()
+        uri = rt.outputs.put(path, f"jobs/{message.job_id}/output.mp4", OUTPUT_CONTENT_TYPE)
+    job = rt.store.get(message.job_id)
+    assert job is not None
+    billed_seconds = min(job.request.duration_seconds, max(1, round(info.duration_s)))
+    cost = status.cost_usd if status.cost_usd is not None else pricing.estimate_usd(
+        backend, billed_seconds, job.request.audio)
+    output = Output(uri=uri, mime_type=OUTPUT_CONTENT_TYPE, duration_seconds=info.duration_s,
+                    width=info.width, height=info.height, bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest())
+    done = rt.store.mutate(message.job_id, lambda j: lifecycle.succeed(
+        j, message.attempt, output, cost, backend.quality, rt.clock()))
+    if done is None:
+        return
+    job, changed = done
+    if changed:
+        log(logger, logging.INFO, "job succeeded", job_id=job.id, backend=backend.name,
+            cost_usd=cost, output_uri=uri)
+        emit_terminal(rt, job)
+
+
+def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError) -> None:
+    done = rt.store.mutate(job_id, lambda j: lifecycle.fail_attempt(
+        j, index, error, rt.clock(), rt.settings.fallback_on_refusal))
+    if done is None:
+        return
+    job, outcome = done
+    if not outcome.changed:
+        return
+    log(logger, logging.WARNING, f"attempt failed: {error.error_class.value} {error.code}",
+        job_id=job_id, backend=job.attempts[index].backend, attempt=index,
+        error_message=error.message, next_backend=outcome.next_backend)
+    emit(rt, job, EventType.ATTEMPT_FAILED, attempt=index)
+    _follow_up(rt, job, index)
+
+
+def _follow_up(rt: Runtime, job: Job, index: int) -> None:
+    """After attempt `index` ended: hand the job to its next backend, or announce its end.
+
+    Runs again on redelivery, so a crash between the state change and the
+    publish loses nothing (the next render dedupes by its claim).
+    """
+    if job.status.terminal:
+        emit_terminal(rt, job)
+        return
+    following = lifecycle.next_backend(job)
+    if job.status is JobStatus.RENDERING and index == len(job.attempts) - 1 and following:
+        dispatch(rt, job, following, index + 1)
