@@ -11,7 +11,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CATALOG_PATH = REPO_ROOT / "backends.yaml"
+
+
+def _default_catalog_path() -> Path:
+    """backends.yaml at the repository root, or beside the package in a deployed
+    function's source archive (main.py, backends.yaml and aiprod/ side by side)."""
+    package_parent = Path(__file__).resolve().parents[1]
+    for candidate in (REPO_ROOT / "backends.yaml", package_parent / "backends.yaml"):
+        if candidate.exists():
+            return candidate
+    return REPO_ROOT / "backends.yaml"
+
+
+DEFAULT_CATALOG_PATH = _default_catalog_path()
 
 
 class Mode(StrEnum):
@@ -40,7 +52,8 @@ class Durations(_Strict):
     def allows(self, seconds: int) -> bool:
         if self.values is not None:
             return seconds in self.values
-        assert self.min is not None and self.max is not None
+        assert self.min is not None
+        assert self.max is not None
         return self.min <= seconds <= self.max
 
     def describe(self) -> str:

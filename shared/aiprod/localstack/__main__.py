@@ -1,0 +1,23 @@
+"""`python -m aiprod.localstack`: the stack's supervisor process (started by `aiprod dev up`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from aiprod.localstack.stack import DEFAULT_PORT_BASE, StackOptions, run_supervisor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m aiprod.localstack")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE)
+    parser.add_argument("--sim-latency", type=float, default=1.0)
+    parser.add_argument("--poll-interval", type=float, default=0.25)
+    args = parser.parse_args()
+    run_supervisor(StackOptions(args.state_dir, args.port_base, args.sim_latency,
+                                args.poll_interval))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Builds and supervises the whole local stack (run by `aiprod dev up` as a
+background supervisor process; see control.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiprod.catalog import REPO_ROOT, Catalog, load_catalog
+from aiprod.config import Settings
+from aiprod.localstack.processes import ManagedProcess, free_port
+from aiprod.topology import MAX_DELIVERY_ATTEMPTS, topology
+
+PROJECT = "aiprod-local"
+FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
+STATE_FILE = "state.json"
+DEFAULT_PORT_BASE = 8700
+PROVIDERS = ("runway", "veo", "replicate")
+GCLOUD_HELP = (
+    "The local stack needs the Google Cloud CLI with its Pub/Sub and Firestore emulators "
+    "and Java 17+. Install the gcloud components `pubsub-emulator` and "
+    "`cloud-firestore-emulator` (`gcloud components install pubsub-emulator "
+    "cloud-firestore-emulator`, or the Debian packages google-cloud-cli-pubsub-emulator "
+    "and google-cloud-cli-firestore-emulator).")
+
+
+class MissingTooling(RuntimeError):
+    pass
+
+
+def check_tooling() -> None:
+    gcloud = shutil.which("gcloud")
+    if gcloud is None or shutil.which("java") is None:
+        raise MissingTooling(GCLOUD_HELP)
+    platform = Path(gcloud).resolve().parent.parent / "platform"
+    missing = [c for c in ("pubsub-emulator", "cloud-firestore-emulator")
+               if not (platform / c).exists()]
+    if platform.exists() and missing:
+        raise MissingTooling(f"missing gcloud components: {', '.join(missing)}. {GCLOUD_HELP}")
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    state_dir: Path
+    port_base: int = DEFAULT_PORT_BASE  # 0: pick free ports
+    sim_latency_s: float = 1.0
+    poll_interval_s: float = 0.25
+
+
+class Ports:
+    """Fixed offsets from a documented base, or free ports when base is 0."""
+
+    def __init__(self, base: int) -> None:
+        self._base = base
+        self._next = 0
+
+    def take(self) -> int:
+        if self._base == 0:
+            return free_port()
+        port = self._base + self._next
+        self._next += 1
+        return port
+
+
+class Stack:
+    def __init__(self, options: StackOptions, catalog: Catalog | None = None) -> None:
+        self.options = options
+        self.catalog = catalog or load_catalog()
+        self.state_dir = options.state_dir.resolve()
+        self.logs = self.state_dir / "logs"
+        ports = Ports(options.port_base)
+        self.pubsub_port = ports.take()
+        self.firestore_port = ports.take()
+        self.env = {
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.pubsub_port}",
+            "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.firestore_port}",
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+        }
+        self.emulators = [
+            ManagedProcess(
+                "pubsub-emulator", "emulator",
+                ["gcloud", "beta", "emulators", "pubsub", "start", f"--project={PROJECT}",
+                 f"--host-port=127.0.0.1:{self.pubsub_port}", "--quiet"],
+                url=f"http://127.0.0.1:{self.pubsub_port}",
+                ready_url=f"http://127.0.0.1:{self.pubsub_port}/v1/projects/{PROJECT}/topics",
+                log_path=self.logs / "pubsub-emulator.log"),
+            ManagedProcess(
+                "firestore-emulator", "emulator",
+                ["gcloud", "emulators", "firestore", "start",
+                 f"--host-port=127.0.0.1:{self.firestore_port}", "--quiet"],
+                url=f"http://127.0.0.1:{self.firestore_port}",
+                ready_url=f"http://127.0.0.1:{self.firestore_port}/",
+                log_path=self.logs / "firestore-emulator.log"),
+        ]
+        self.simulators: dict[str, ManagedProcess] = {}
+        for provider in PROVIDERS:
+            port = ports.take()
+            self.simulators[provider] = ManagedProcess(
+                f"sim-{provider}", "simulator",
+                [sys.executable, "-m", "aiprod.sim", "--provider", provider,
+                 "--host", "127.0.0.1", "--port", str(port),
+                 "--latency", str(options.sim_latency_s)],
+                url=f"http://127.0.0.1:{port}",
+                ready_url=f"http://127.0.0.1:{port}/_sim/stats",
+                log_path=self.logs / f"sim-{provider}.log")
+        self.function_env = self.env | {
+            "AIPROD_RUNWAY_BASE_URL": self.simulators["runway"].url,
+            "AIPROD_RUNWAY_API_KEY": "key_" + "0" * 128,
+            "AIPROD_REPLICATE_BASE_URL": self.simulators["replicate"].url,
+            "AIPROD_REPLICATE_API_TOKEN": "r8_local_simulator",
+            "AIPROD_VEO_BASE_URL": self.simulators["veo"].url,
+            "AIPROD_VEO_ACCESS_TOKEN": "local-simulator",
+            "AIPROD_OUTPUT_URI": (self.state_dir / "store").as_uri(),
+            "AIPROD_POLL_INTERVAL_S": str(options.poll_interval_s),
+            "AIPROD_CREATE_TIMEOUT_S": "10",
+            "AIPROD_TRANSIENT_RETRY_INITIAL_S": "0.2",
+            "AIPROD_TRANSIENT_RETRY_BUDGET_S": "2",
+            "AIPROD_RENDER_DEADLINE_S": "60",
+            "AIPROD_CATALOG": str(REPO_ROOT / "backends.yaml"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key in ("AIPROD_DAILY_BUDGET_USD", "AIPROD_DAILY_BUDGET_WARN_USD"):
+            if key in os.environ:
+                self.function_env[key] = os.environ[key]
+        self.settings = Settings()
+        self.topology = topology(self.catalog, self.settings)
+        functions_framework = str(Path(sys.executable).parent / "functions-framework")
+        self.functions: dict[str, ManagedProcess] = {}
+        for function in self.topology.functions:
+            port = ports.take()
+            self.functions[function.name] = ManagedProcess(
+                function.name, "function",
+                [functions_framework, f"--target={function.target}",
+                 f"--source={FUNCTIONS_SOURCE}", "--host=127.0.0.1", f"--port={port}"],
+                url=f"http://127.0.0.1:{port}",
+                ready_url=f"http://127.0.0.1:{port}/healthz" if function.target == "api"
+                else f"http://127.0.0.1:{port}/",
+                answers_any_status=function.target != "api",
+                log_path=self.logs / f"{function.name}.log",
+                env=self.function_env | dict(function.env))
+        self._stopping = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        check_tooling()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for part in [*self.emulators, *self.simulators.values(), *self.functions.values()]:
+            part.start()
+        for emulator in self.emulators:
+            emulator.wait_ready(60)
+        self._create_topology()
+        for part in [*self.simulators.values(), *self.functions.values()]:
+            part.wait_ready(60 if part.kind == "function" else 30)
+        self.write_state(ready=True)
+
+    def _create_topology(self) -> None:
+        from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
+
+        os.environ.update(self.env)
+        publisher = PublisherClient()
+        subscriber = SubscriberClient()
+        for topic in self.topology.topics:
+            publisher.create_topic(name=publisher.topic_path(PROJECT, topic))
+        for sub in self.topology.subscriptions:
+            function = self.functions[sub.function]
+            topic_path = publisher.topic_path(PROJECT, sub.topic)
+            request: dict[str, Any] = {
+                "name": subscriber.subscription_path(PROJECT, sub.name),
+                "topic": topic_path,
+                # The path carries the topic, so the CloudEvent `source` names it.
+                "push_config": {"push_endpoint": f"{function.url}/{topic_path}"},
+                "ack_deadline_seconds": 120 if sub.function.startswith("render-") else 30,
+                "retry_policy": {"minimum_backoff": dt.timedelta(seconds=1),
+                                 "maximum_backoff": dt.timedelta(seconds=10)},
+            }
+            if sub.dead_letter_topic:
+                request["dead_letter_policy"] = {
+                    "dead_letter_topic": publisher.topic_path(PROJECT, sub.dead_letter_topic),
+                    "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS}
+            subscriber.create_subscription(request=request)
+
+    def supervise(self) -> None:
+        """Like the platform starting a new instance: restart a function that dies."""
+        while not self._stopping.wait(0.5):
+            for function in self.functions.values():
+                if not function.alive() and not self._stopping.is_set():
+                    function.restarts += 1
+                    function.start()
+                    self.write_state(ready=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        parts = [*self.functions.values(), *self.simulators.values(), *self.emulators]
+        threads = [threading.Thread(target=p.stop) for p in parts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+    # -- state -----------------------------------------------------------------------
+    def parts(self) -> list[ManagedProcess]:
+        return [*self.emulators, *self.simulators.values(), *self.functions.values()]
+
+    def write_state(self, ready: bool) -> None:
+        state = {
+            "ready": ready,
+            "project": PROJECT,
+            "supervisor_pid": os.getpid(),
+            "state_dir": str(self.state_dir),
+            "api_url": self.functions["api"].url,
+            "output_dir": str(self.state_dir / "store"),
+            "env": self.env,
+            "parts": [{"name": p.name, "kind": p.kind, "url": p.url, "pid": p.pid,
+                       "alive": p.alive(), "restarts": p.restarts, "log": str(p.log_path)}
+                      for p in self.parts()],
+        }
+        path = self.state_dir / STATE_FILE
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(state, indent=2))
+        partial.replace(path)
+
+
+def run_supervisor(options: StackOptions) -> None:
+    stack = Stack(options)
+
+    def on_signal(signum: int, _: object) -> None:
+        stack._stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stack.start()
+        stack.supervise()
+    except Exception as error:
+        (options.state_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
+        raise
+    finally:
+        stack.stop()

@@ -1,0 +1,125 @@
+"""Shared fixtures. The local stack (real emulators, real function processes, the
+simulators) starts once per session on free ports, only for tests that need it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aiprod.localstack import control
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
+
+
+@dataclass
+class LocalStack:
+    state: dict[str, Any]
+
+    @property
+    def api(self) -> str:
+        return str(self.state["api_url"])
+
+    def part(self, name: str) -> dict[str, Any]:
+        return next(p for p in self.state["parts"] if p["name"] == name)
+
+    def url(self, name: str) -> str:
+        return str(self.part(name)["url"])
+
+    def sim(self, provider: str) -> str:
+        return self.url(f"sim-{provider}")
+
+    def fault(self, provider: str, mode: str, rate: float = 1.0, **extra: float) -> None:
+        httpx.post(f"{self.sim(provider)}/_sim/fault",
+                   json={"mode": mode, "rate": rate, **extra}, timeout=10).raise_for_status()
+
+    def sim_stats(self, provider: str) -> dict[str, Any]:
+        stats: dict[str, Any] = httpx.get(f"{self.sim(provider)}/_sim/stats", timeout=10).json()
+        return stats
+
+    def sim_tasks(self, provider: str) -> list[dict[str, Any]]:
+        tasks: list[dict[str, Any]] = httpx.get(f"{self.sim(provider)}/_sim/tasks",
+                                                timeout=10).json()
+        return tasks
+
+    def reset_sims(self) -> None:
+        for provider in ("runway", "veo", "replicate"):
+            httpx.post(f"{self.sim(provider)}/_sim/reset", timeout=10).raise_for_status()
+
+    def submit(self, **body: Any) -> dict[str, Any]:
+        response = httpx.post(f"{self.api}/v1/jobs", json=body, timeout=30)
+        assert response.status_code == 201, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.api}/v1/jobs/{job_id}", timeout=30)
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+    def wait(self, job_id: str, timeout: float = 60, until: Callable[[dict[str, Any]], bool]
+             = lambda job: job["status"] in TERMINAL) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: "
+                                     f"{json.dumps(job['attempts'])}")
+            time.sleep(0.1)
+
+    def push(self, function: str, topic: str, payload: Any, message_id: str | None = None,
+             attributes: dict[str, str] | None = None) -> httpx.Response:
+        """POST a raw Pub/Sub push body to a function, exactly as the emulator (or
+        production Pub/Sub) delivers it; the same message_id twice is a redelivery."""
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        message_id = message_id or str(uuid.uuid4().int)[:16]
+        body = {"subscription": f"projects/aiprod-local/subscriptions/{function}",
+                "message": {"data": base64.b64encode(data).decode(), "messageId": message_id,
+                            "message_id": message_id, "attributes": attributes or {},
+                            "publishTime": "2026-11-26T12:00:00.000Z"}}
+        return httpx.post(f"{self.url(function)}/projects/aiprod-local/topics/{topic}",
+                          json=body, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    state = control.up(state_dir, port_base=0, sim_latency_s=0.3)
+    saved = {k: os.environ.get(k) for k in state["env"]}
+    os.environ.update(state["env"])
+    try:
+        yield LocalStack(state)
+    finally:
+        control.down(state_dir)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def local(stack: LocalStack) -> Iterator[LocalStack]:
+    """The stack with every simulator healthy and empty before each test."""
+    stack.reset_sims()
+    yield stack
+    stack.reset_sims()
+
+
+@pytest.fixture
+def output_path() -> Callable[[dict[str, Any]], Path]:
+    def path(job: dict[str, Any]) -> Path:
+        return Path(job["output"]["uri"].removeprefix("file://"))
+    return path
