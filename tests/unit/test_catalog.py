@@ -13,7 +13,8 @@ def test_shipped_catalog_has_one_backend_per_provider_with_current_models() -> N
     assert by_provider["runway"].model == "gen4.5"
     assert by_provider["veo"].model == "veo-3.1-fast-generate-001"
     for backend in catalog.backends:
-        assert backend.price.source and backend.price.as_of
+        assert backend.price.source
+        assert backend.price.as_of
         assert Mode.TEXT_TO_VIDEO in backend.capabilities
 
 
