@@ -244,6 +244,7 @@ def backends(api: str | None) -> None:
 
 
 def _print_outcome(job: dict[str, Any]) -> None:
+    console.print()
     if job["status"] == "SUCCEEDED":
         output = job["output"]
         console.print(f"[green]SUCCEEDED[/] on {job['attempts'][-1]['backend']}: "
