@@ -1,0 +1,206 @@
+"""`make bench`: AIPROD's orchestration overhead against a floor pipeline measured
+in the same run, on the same emulators (ratios, since these machines are noisy).
+
+Prints one JSON document. Figures, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from aiprod.localstack import control
+from aiprod.localstack.processes import ManagedProcess, free_port
+
+HERE = Path(__file__).resolve().parent
+SEQUENTIAL_JOBS = int(os.environ.get("BENCH_JOBS", "40"))
+BURST_JOBS = int(os.environ.get("BENCH_BURST", "200"))
+BURST_CONCURRENCY = 20
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50_ms": round(cuts[49] * 1000, 1), "p95_ms": round(cuts[94] * 1000, 1)}
+
+
+class Floor:
+    """The floor pipeline's two functions, on the stack's emulators."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
+
+        exe = str(Path(sys.executable).parent / "functions-framework")
+        self.processes = []
+        for target in ("floor_http", "floor_push"):
+            port = free_port()
+            self.processes.append(ManagedProcess(
+                target, "function", [exe, f"--target={target}",
+                                     f"--source={HERE / 'floor_main.py'}",
+                                     "--host=127.0.0.1", f"--port={port}"],
+                url=f"http://127.0.0.1:{port}", ready_url=f"http://127.0.0.1:{port}/",
+                answers_any_status=True, log_path=logs / f"{target}.log", env=env))
+        for process in self.processes:
+            process.start()
+        for process in self.processes:
+            process.wait_ready(60)
+        os.environ.update(env)
+        project = env["GOOGLE_CLOUD_PROJECT"]
+        publisher, subscriber = PublisherClient(), SubscriberClient()
+        topic = publisher.topic_path(project, "floor")
+        publisher.create_topic(name=topic)
+        subscriber.create_subscription(request={
+            "name": subscriber.subscription_path(project, "floor"), "topic": topic,
+            "push_config": {"push_endpoint": f"{self.processes[1].url}/{topic}"},
+            "ack_deadline_seconds": 30})
+        self.url = self.processes[0].url
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+
+def measure_one(submit: Callable[[], str], done: Callable[[str], bool]) -> float:
+    start = time.perf_counter()
+    item = submit()
+    while not done(item):
+        time.sleep(0.002)
+    return time.perf_counter() - start
+
+
+def burst(submit: Callable[[int], str], count_done: Callable[[], int],
+          timeout: float = 300) -> dict[str, float]:
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(BURST_CONCURRENCY) as pool:
+        list(pool.map(submit, range(BURST_JOBS)))
+    done = 0
+    while time.perf_counter() - start < timeout:
+        done = count_done()
+        if done >= BURST_JOBS:
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    return {"jobs": BURST_JOBS, "succeeded": done, "lost": BURST_JOBS - done,
+            "seconds": round(elapsed, 2), "jobs_per_s": round(done / elapsed, 1)}
+
+
+def main() -> None:
+    state_dir = Path(tempfile.mkdtemp(prefix="aiprod-bench-"))
+    say(f"starting the local stack in {state_dir} ...")
+    state = control.up(state_dir, port_base=0, sim_latency_s=0.0)
+    os.environ.update(state["env"])
+    from google.cloud import firestore
+
+    db = firestore.Client(project=state["project"])
+    floor = Floor(state["env"], state_dir / "logs")
+    api = state["api_url"]
+    http = httpx.Client(timeout=60)
+    run = uuid.uuid4().hex[:8]
+    try:
+        def job_submit(n: int = 0) -> str:
+            response = http.post(f"{api}/v1/jobs", json={
+                "prompt": f"bench {run} {n} {uuid.uuid4().hex[:6]}",
+                "metadata": {"bench": run}})
+            response.raise_for_status()
+            return str(response.json()["id"])
+
+        def job_done(job_id: str) -> bool:
+            doc = db.collection("jobs").document(job_id).get()
+            status = (doc.to_dict() or {}).get("status")
+            if status in ("FAILED", "CANCELLED", "REJECTED"):
+                raise RuntimeError(f"bench job {job_id} ended {status}")
+            return status == "SUCCEEDED"
+
+        def floor_submit(n: int = 0) -> str:
+            item = f"{run}-{n}-{uuid.uuid4().hex[:6]}"
+            http.post(f"{floor.url}/", json={"id": item, "run": run}).raise_for_status()
+            return item
+
+        def floor_done(item: str) -> bool:
+            doc = db.collection("floor").document(item).get()
+            return (doc.to_dict() or {}).get("stage") == "done"
+
+        say("warming up ...")
+        for _ in range(3):
+            measure_one(job_submit, job_done)
+            measure_one(floor_submit, floor_done)
+
+        say(f"{SEQUENTIAL_JOBS} jobs one at a time, interleaved with the floor ...")
+        overhead, floor_times = [], []
+        for _ in range(SEQUENTIAL_JOBS):
+            overhead.append(measure_one(job_submit, job_done))
+            floor_times.append(measure_one(floor_submit, floor_done))
+
+        def jobs_succeeded() -> int:
+            query = (db.collection("jobs").where(filter=firestore.FieldFilter(
+                "request.metadata.bench", "==", run + "-burst"))
+                .where(filter=firestore.FieldFilter("status", "==", "SUCCEEDED")))
+            return int(query.count().get()[0][0].value)
+
+        def floor_succeeded() -> int:
+            query = (db.collection("floor").where(filter=firestore.FieldFilter(
+                "run", "==", run + "-burst"))
+                .where(filter=firestore.FieldFilter("stage", "==", "done")))
+            return int(query.count().get()[0][0].value)
+
+        def job_burst_submit(n: int) -> str:
+            response = http.post(f"{api}/v1/jobs", json={
+                "prompt": f"burst {run} {n}", "metadata": {"bench": run + "-burst"}})
+            response.raise_for_status()
+            return str(response.json()["id"])
+
+        def floor_burst_submit(n: int) -> str:
+            item = f"{run}-burst-{n}"
+            http.post(f"{floor.url}/", json={"id": item, "run": run + "-burst"}
+                      ).raise_for_status()
+            return item
+
+        say(f"burst of {BURST_JOBS} jobs, {BURST_CONCURRENCY} at a time ...")
+        job_burst = burst(job_burst_submit, jobs_succeeded)
+        say(f"burst of {BURST_JOBS} floor items, {BURST_CONCURRENCY} at a time ...")
+        floor_burst = burst(floor_burst_submit, floor_succeeded)
+
+        fresh = control.status(state_dir) or state
+        memory = {p["name"]: round(psutil.Process(p["pid"]).memory_info().rss / 2**20, 1)
+                  for p in fresh["parts"] if p["kind"] == "function"}
+
+        o, f = percentiles(overhead), percentiles(floor_times)
+        report: dict[str, Any] = {
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+            "overhead": o, "floor": f,
+            "ratio": {"p50": round(o["p50_ms"] / f["p50_ms"], 2),
+                      "p95": round(o["p95_ms"] / f["p95_ms"], 2)},
+            "burst": {"aiprod": job_burst, "floor": floor_burst,
+                      "throughput_ratio": round(job_burst["jobs_per_s"]
+                                                / floor_burst["jobs_per_s"], 2)},
+            "function_rss_mib": memory,
+            "targets": {"overhead_p50_ratio_max": 1.5, "overhead_p95_ratio_max": 2.0,
+                        "burst_throughput_ratio_min": 0.5, "rss_mib_max": 200},
+        }
+        print(json.dumps(report, indent=2))
+    finally:
+        floor.stop()
+        control.down(state_dir)
+        subprocess.run(["rm", "-rf", str(state_dir)], check=False)
+
+
+if __name__ == "__main__":
+    main()
