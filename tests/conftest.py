@@ -4,6 +4,7 @@ simulators) starts once per session on free ports, only for tests that need it."
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
@@ -15,10 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+from google.cloud import firestore
 
 from aiprod.localstack import control
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
+CIRCUIT_COOLDOWN_S = 3
 
 
 @dataclass
@@ -50,6 +53,31 @@ class LocalStack:
         tasks: list[dict[str, Any]] = httpx.get(f"{self.sim(provider)}/_sim/tasks",
                                                 timeout=10).json()
         return tasks
+
+    def firestore(self) -> firestore.Client:
+        """A client on this stack's Firestore emulator (tests may run two stacks)."""
+        saved = os.environ.get("FIRESTORE_EMULATOR_HOST")
+        os.environ["FIRESTORE_EMULATOR_HOST"] = self.state["env"]["FIRESTORE_EMULATOR_HOST"]
+        try:
+            return firestore.Client(project=self.state["project"])
+        finally:
+            if saved is None:
+                os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+            else:
+                os.environ["FIRESTORE_EMULATOR_HOST"] = saved
+
+    def reset_health(self) -> None:
+        """Forget every backend's strikes and open circuits."""
+        client = self.firestore()
+        for doc in client.collection("backend_health").list_documents():
+            for slot in doc.collection("slots").list_documents():
+                slot.delete()
+            doc.delete()
+
+    def reset_budget(self) -> None:
+        """Start the day's ledger afresh."""
+        client = self.firestore()
+        client.recursive_delete(client.collection("budget_days"))
 
     def reset_sims(self) -> None:
         for provider in ("runway", "veo", "replicate"):
@@ -83,37 +111,61 @@ class LocalStack:
              attributes: dict[str, str] | None = None) -> httpx.Response:
         """POST a raw Pub/Sub push body to a function, exactly as the emulator (or
         production Pub/Sub) delivers it; the same message_id twice is a redelivery."""
+        return self.push_to(self.url(function), topic, payload, message_id, attributes)
+
+    def push_to(self, url: str, topic: str, payload: Any, message_id: str | None = None,
+                attributes: dict[str, str] | None = None) -> httpx.Response:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         message_id = message_id or str(uuid.uuid4().int)[:16]
-        body = {"subscription": f"projects/aiprod-local/subscriptions/{function}",
+        body = {"subscription": f"projects/aiprod-local/subscriptions/{topic}",
                 "message": {"data": base64.b64encode(data).decode(), "messageId": message_id,
                             "message_id": message_id, "attributes": attributes or {},
                             "publishTime": "2026-11-26T12:00:00.000Z"}}
-        return httpx.post(f"{self.url(function)}/projects/aiprod-local/topics/{topic}",
-                          json=body, timeout=120)
+        return httpx.post(f"{url}/projects/aiprod-local/topics/{topic}", json=body,
+                          timeout=120)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    state_dir = tmp_path_factory.mktemp("stack")
-    state = control.up(state_dir, port_base=0, sim_latency_s=0.3)
-    saved = {k: os.environ.get(k) for k in state["env"]}
-    os.environ.update(state["env"])
+@contextlib.contextmanager
+def running_stack(state_dir: Path, **settings: str) -> Iterator[LocalStack]:
+    """A whole local stack on free ports; `settings` are AIPROD_* variables for it."""
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
-        yield LocalStack(state)
+        state = control.up(state_dir, port_base=0, sim_latency_s=0.3)
     finally:
-        control.down(state_dir)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    try:
+        yield LocalStack(state)
+    finally:
+        control.down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    # A short circuit cool-down, so tests can watch a circuit close again.
+    with running_stack(tmp_path_factory.mktemp("stack"),
+                       AIPROD_CIRCUIT_COOLDOWN_S=str(CIRCUIT_COOLDOWN_S)) as started:
+        saved = {k: os.environ.get(k) for k in started.state["env"]}
+        os.environ.update(started.state["env"])
+        try:
+            yield started
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 @pytest.fixture
 def local(stack: LocalStack) -> Iterator[LocalStack]:
-    """The stack with every simulator healthy and empty before each test."""
+    """The stack with every simulator and backend healthy before each test."""
     stack.reset_sims()
+    stack.reset_health()
     yield stack
     stack.reset_sims()
 

@@ -15,12 +15,14 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
+from aiprod.domain import budget as budget_policy
 from aiprod.domain import routing
+from aiprod.domain.health import healthy
 from aiprod.domain.job import JobRequest
 from aiprod.domain.views import public_job
 from aiprod.problems import PROBLEM_CONTENT_TYPE, Problem, invalid_request, malformed_json
 from aiprod.runtime import Runtime
-from aiprod.services import admission
+from aiprod.services import admission, budget
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def _problem(problem: Problem, request: Request) -> Response:
     return Response(json.dumps(problem.body(request.path)), status=problem.status,
-                    content_type=PROBLEM_CONTENT_TYPE)
+                    headers=problem.headers, content_type=PROBLEM_CONTENT_TYPE)
 
 
 def _read_json(request: Request) -> dict[str, Any]:
@@ -58,16 +60,29 @@ def _read_json(request: Request) -> dict[str, Any]:
     return body
 
 
-def _rejection_problem(rejection: routing.Rejection) -> Problem:
+def _rejection_problem(rt: Runtime, rejection: routing.Rejection) -> Problem:
+    """422 when the request itself cannot be served; 503 while backends are down;
+    429 once today's budget is spent (it says when it resets)."""
     cheapest = None
     if rejection.cheapest is not None:
         cheapest = {"backend": rejection.cheapest.backend,
                     "estimated_cost_usd": rejection.cheapest.estimated_cost_usd}
-    status = 503 if rejection.reason is routing.RejectionReason.UNHEALTHY else 422
-    return Problem(status, f"rejected-{rejection.reason.value.replace('_', '-')}",
-                   "No backend can take this job", rejection.detail,
-                   reason=rejection.reason.value, cheapest=cheapest,
-                   backends={name: why for name, why in rejection.problems.items()})
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    status, title = 422, "No backend can take this job"
+    if rejection.reason is routing.RejectionReason.UNHEALTHY:
+        status, title = 503, "Every fitting backend is failing"
+        headers["Retry-After"] = str(int(rt.settings.circuit_cooldown_s))
+    elif rejection.reason is routing.RejectionReason.BUDGET_EXHAUSTED:
+        now = rt.clock()
+        reset = budget_policy.resets_at(now)
+        status, title = 429, "Today's budget is spent"
+        headers["Retry-After"] = str(int((reset - now).total_seconds()) + 1)
+        extra = {"limit": "daily_budget", "resets_at": reset.isoformat(),
+                 "budget": budget.today(rt).public()}
+    return Problem(status, f"rejected-{rejection.reason.value.replace('_', '-')}", title,
+                   rejection.detail, headers=headers, reason=rejection.reason.value,
+                   cheapest=cheapest, backends=dict(rejection.problems.items()), **extra)
 
 
 def _plan_body(plan: routing.Plan) -> list[dict[str, Any]]:
@@ -82,7 +97,7 @@ def create_job(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
         raise invalid_request(error) from error
     result = admission.admit(rt, job_request, job_id=f"job_{uuid.uuid4().hex}", owner=ANONYMOUS)
     if isinstance(result, routing.Rejection):
-        raise _rejection_problem(result)
+        raise _rejection_problem(rt, result)
     body = public_job(result.job)
     return _json(body, 201 if result.created else 200,
                  {"Location": f"/v1/jobs/{result.job.id}"})
@@ -109,14 +124,25 @@ def get_quote(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
         raise invalid_request(error) from error
     decision = admission.quote(rt, job_request)
     if isinstance(decision, routing.Rejection):
-        raise _rejection_problem(decision)
+        raise _rejection_problem(rt, decision)
     return _json({"plan": _plan_body(decision),
                   "estimated_cost_usd": decision.estimated_cost_usd})
 
 
+def get_budget(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
+    now = rt.clock()
+    return _json(budget.today(rt).public() | {"resets_at": budget_policy.resets_at(now)
+                                                           .isoformat()})
+
+
 def list_backends(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
+    cooldown = dt.timedelta(seconds=rt.settings.circuit_cooldown_s)
+    states = rt.health.all(rt.catalog.names)
+    now = rt.clock()
     return _json({"backends": [
         {"name": b.name, "provider": b.provider, "model": b.model, "quality": b.quality,
+         "health": states[b.name].public(cooldown)
+         | {"routable": healthy(states[b.name], now, cooldown)},
          "typical_latency_s": b.typical_latency_s,
          "price": b.price.model_dump(exclude_none=True),
          "capabilities": {mode.value: cap.model_dump(mode="json", exclude_none=True)
@@ -133,6 +159,7 @@ ROUTES: dict[str, Handler] = {
     "get_job": get_job,
     "get_quote": get_quote,
     "list_backends": list_backends,
+    "get_budget": get_budget,
     "healthz": healthz,
 }
 
@@ -141,6 +168,7 @@ URL_MAP = Map([
     Rule("/v1/jobs/<job_id>", methods=["GET"], endpoint="get_job"),
     Rule("/v1/quote", methods=["GET"], endpoint="get_quote"),
     Rule("/v1/backends", methods=["GET"], endpoint="list_backends"),
+    Rule("/v1/budget", methods=["GET"], endpoint="get_budget"),
     Rule("/healthz", methods=["GET"], endpoint="healthz"),
 ])
 

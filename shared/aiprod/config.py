@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     transient_retry_budget_s: float = 30.0
     fallback_on_refusal: bool = False  # a refused prompt is refused everywhere
 
+    # Backend health (circuit breakers shared by every instance).
+    circuit_strikes: int = 3
+    circuit_cooldown_s: float = 300.0
+    backend_busy_wait_s: float = 30.0  # how long to wait for a call slot before falling back
+
     # Outputs: a local folder, or gs://bucket/prefix in production.
     output_uri: str = "file://./out/store"
 

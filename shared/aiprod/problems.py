@@ -12,8 +12,9 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 class Problem(Exception):
     def __init__(self, status: int, slug: str, title: str, detail: str,
-                 **extra: Any) -> None:
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
+        self.headers = headers or {}
         self.status = status
         self.slug = slug
         self.title = title

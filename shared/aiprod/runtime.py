@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiprod.adapters.bus import Bus, PubSubBus
+from aiprod.adapters.health import FirestoreHealth
+from aiprod.adapters.ledger import FirestoreLedger, Ledger
 from aiprod.adapters.providers import make_provider
 from aiprod.adapters.providers.base import VideoProvider
 from aiprod.adapters.storage import OutputStore, output_store_for
@@ -28,6 +30,8 @@ class Runtime:
     store: JobStore
     bus: Bus
     outputs: OutputStore
+    ledger: Ledger
+    health: FirestoreHealth
     clock: Callable[[], dt.datetime] = utcnow
     sleep: Callable[[float], None] = time.sleep
     _providers: dict[str, VideoProvider] = field(default_factory=dict)
@@ -50,4 +54,6 @@ def get_runtime() -> Runtime:
         store=FirestoreJobStore(client),
         bus=PubSubBus(settings.project),
         outputs=output_store_for(settings.output_uri),
+        ledger=FirestoreLedger(client),
+        health=FirestoreHealth(client),
     )

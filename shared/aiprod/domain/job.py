@@ -130,6 +130,7 @@ class Attempt(BaseModel):
     error: AttemptError | None = None
     estimated_cost_usd: float
     cost_usd: float = 0.0
+    reservation_day: str | None = None  # the ledger day holding this attempt's reservation
 
 
 class Job(BaseModel):

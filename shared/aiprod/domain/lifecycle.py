@@ -8,6 +8,7 @@ import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
+from aiprod.domain.budget import ledger_day
 from aiprod.domain.job import (
     Attempt,
     AttemptError,
@@ -82,10 +83,21 @@ def claim_attempt(job: Job, backend: str, index: int, delivery_id: str, now: dt.
         return Claim(ClaimKind.STALE, index)
     job.attempts.append(Attempt(backend=backend, status=AttemptStatus.CREATING,
                                 delivery_id=delivery_id, lease_expires_at=now + lease,
-                                started_at=now, estimated_cost_usd=estimated_cost_usd))
+                                started_at=now, estimated_cost_usd=estimated_cost_usd,
+                                reservation_day=ledger_day(now)))
     job.status = JobStatus.RENDERING
     job.updated_at = now
     return Claim(ClaimKind.CREATE, index)
+
+
+def abandon_claim(job: Job, index: int) -> bool:
+    """Undo a CREATE claim that failed before calling the provider."""
+    if index != len(job.attempts) - 1 or job.attempts[index].status is not AttemptStatus.CREATING:
+        return False
+    job.attempts.pop()
+    if not job.attempts:
+        job.status = JobStatus.QUEUED
+    return True
 
 
 def release_lease(job: Job, index: int, now: dt.datetime) -> bool:

@@ -24,6 +24,12 @@ FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
 STATE_FILE = "state.json"
 DEFAULT_PORT_BASE = 8700
 PROVIDERS = ("runway", "veo", "replicate")
+# What the simulators accept: well-formed, worthless outside this machine.
+LOCAL_CREDENTIALS = {
+    "AIPROD_RUNWAY_API_KEY": "key_" + "0" * 128,
+    "AIPROD_REPLICATE_API_TOKEN": "r8_local_simulator",
+    "AIPROD_VEO_ACCESS_TOKEN": "local-simulator",
+}
 GCLOUD_HELP = (
     "The local stack needs the Google Cloud CLI with its Pub/Sub and Firestore emulators "
     "and Java 17+. Install the gcloud components `pubsub-emulator` and "
@@ -111,13 +117,10 @@ class Stack:
                 url=f"http://127.0.0.1:{port}",
                 ready_url=f"http://127.0.0.1:{port}/_sim/stats",
                 log_path=self.logs / f"sim-{provider}.log")
-        self.function_env = self.env | {
+        self.function_env = self.env | LOCAL_CREDENTIALS | {
             "AIPROD_RUNWAY_BASE_URL": self.simulators["runway"].url,
-            "AIPROD_RUNWAY_API_KEY": "key_" + "0" * 128,
             "AIPROD_REPLICATE_BASE_URL": self.simulators["replicate"].url,
-            "AIPROD_REPLICATE_API_TOKEN": "r8_local_simulator",
             "AIPROD_VEO_BASE_URL": self.simulators["veo"].url,
-            "AIPROD_VEO_ACCESS_TOKEN": "local-simulator",
             "AIPROD_OUTPUT_URI": (self.state_dir / "store").as_uri(),
             "AIPROD_POLL_INTERVAL_S": str(options.poll_interval_s),
             "AIPROD_CREATE_TIMEOUT_S": "10",
@@ -127,9 +130,10 @@ class Stack:
             "AIPROD_CATALOG": str(REPO_ROOT / "backends.yaml"),
             "PYTHONUNBUFFERED": "1",
         }
-        for key in ("AIPROD_DAILY_BUDGET_USD", "AIPROD_DAILY_BUDGET_WARN_USD"):
-            if key in os.environ:
-                self.function_env[key] = os.environ[key]
+        # Operators' settings pass through (budget, circuit, ...); the stack's own win.
+        passed = {k: v for k, v in os.environ.items()
+                  if k.startswith("AIPROD_") and not k.startswith("AIPROD_DEV_")}
+        self.function_env = passed | self.function_env
         self.settings = Settings()
         self.topology = topology(self.catalog, self.settings)
         functions_framework = str(Path(sys.executable).parent / "functions-framework")
@@ -222,11 +226,20 @@ class Stack:
             "parts": [{"name": p.name, "kind": p.kind, "url": p.url, "pid": p.pid,
                        "alive": p.alive(), "restarts": p.restarts, "log": str(p.log_path)}
                       for p in self.parts()],
+            # How to start one more instance of a function (local simulator tokens only).
+            "functions": {name: {"argv": f.argv, "env": _without_secrets(f.env)}
+                          for name, f in self.functions.items()},
         }
         path = self.state_dir / STATE_FILE
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(state, indent=2))
         partial.replace(path)
+
+
+def _without_secrets(env: dict[str, str]) -> dict[str, str]:
+    """Keys, tokens and secrets stay out of the state file."""
+    return {k: v for k, v in env.items()
+            if not any(word in k for word in ("KEY", "TOKEN", "SECRET", "PASSWORD"))}
 
 
 def run_supervisor(options: StackOptions) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from aiprod.domain import budget as budget_policy
+from aiprod.domain import health as health_policy
 from aiprod.domain import routing
 from aiprod.domain.events import EventType
 from aiprod.domain.job import Job, JobRequest, JobStatus
 from aiprod.logs import log
 from aiprod.runtime import Runtime
+from aiprod.services import budget
 from aiprod.services.publishing import dispatch, emit
 
 logger = logging.getLogger(__name__)
@@ -22,7 +26,13 @@ class Admitted:
 
 
 def quote(rt: Runtime, request: JobRequest) -> routing.Plan | routing.Rejection:
-    return routing.plan(request, rt.catalog)
+    """The plan for `request` given every backend's health and today's budget."""
+    now = rt.clock()
+    cooldown = dt.timedelta(seconds=rt.settings.circuit_cooldown_s)
+    healthy = {name: health_policy.healthy(state, now, cooldown)
+               for name, state in rt.health.all(rt.catalog.names).items()}
+    left = budget_policy.to_usd(budget.today(rt).left_micros)
+    return routing.plan(request, rt.catalog, healthy, left)
 
 
 def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,

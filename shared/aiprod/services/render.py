@@ -11,22 +11,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import random
 import tempfile
 import time
 from pathlib import Path
 
-from google.api_core.exceptions import RetryError
-from google.api_core.retry import Retry
-
 from aiprod import media
 from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
 from aiprod.catalog import Backend
+from aiprod.domain import health as health_policy
 from aiprod.domain import lifecycle, pricing
 from aiprod.domain.events import EventType
-from aiprod.domain.job import AttemptError, ErrorClass, Job, JobStatus, Output
+from aiprod.domain.job import AttemptError, AttemptStatus, ErrorClass, Job, JobStatus, Output
 from aiprod.domain.lifecycle import ClaimKind
 from aiprod.logs import log
 from aiprod.runtime import Runtime
+from aiprod.services import budget, gate
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import dispatch, emit, emit_terminal
 
@@ -66,6 +66,8 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
         backend=backend.name, attempt=index, delivery_id=delivery_id)
 
     if claim.kind is ClaimKind.JOB_DONE:
+        if index < len(job.attempts):
+            budget.close(rt, job, index)
         if index == len(job.attempts) - 1:
             emit_terminal(rt, job)  # the first delivery may have died before announcing it
         return
@@ -98,29 +100,50 @@ def _spec(backend: Backend, job: Job) -> RenderSpec:
                       aspect_ratio=request.aspect_ratio.value, audio=request.audio)
 
 
-def _is_transient(error: Exception) -> bool:
-    return isinstance(error, ProviderError) and error.error_class is ErrorClass.TRANSIENT
-
-
 def _create(rt: Runtime, backend: Backend, job: Job, index: int) -> str | None:
-    """Create the provider task (retrying only calls that surely created nothing) and
-    checkpoint its id. None when the attempt ended instead."""
-    provider = rt.provider(backend.name)
-    retry = Retry(predicate=_is_transient, initial=rt.settings.transient_retry_initial_s,
-                  maximum=rt.settings.transient_retry_initial_s * 8, multiplier=2,
-                  timeout=rt.settings.transient_retry_budget_s)
+    """Reserve the budget, then create the provider task through the backend's gate,
+    retrying (with backoff) only calls that surely created nothing, and checkpoint
+    its id. None when the attempt ended instead."""
+    caller = f"{job.id}:{index}"
     try:
-        task_id: str = retry(provider.create)(_spec(backend, job))
-    except ProviderError as error:
-        _fail(rt, job.id, index, AttemptError(error_class=error.error_class, code=error.code,
-                                              message=error.message))
-        return None
-    except RetryError as error:  # the retry budget ran out on transient errors
-        cause = error.cause if isinstance(error.cause, ProviderError) else None
+        reserved = budget.reserve(rt, job, index, job.attempts[index].estimated_cost_usd)
+    except Exception:
+        # Nothing reached the provider: hand the claim back so a redelivery starts clean.
+        rt.store.mutate(job.id, lambda j: lifecycle.abandon_claim(j, index))
+        budget.release_unsent(rt, job, index)
+        raise
+    if reserved is None:
         _fail(rt, job.id, index, AttemptError(
-            error_class=ErrorClass.TRANSIENT, code=cause.code if cause else "retry_exhausted",
-            message=cause.message if cause else str(error)))
+            error_class=ErrorClass.SKIPPED, code="budget_exhausted",
+            message=f"today's budget cannot hold {job.attempts[index].estimated_cost_usd} USD "
+                    f"for {backend.name}"), skipped=True)
         return None
+    provider = rt.provider(backend.name)
+    retry_until = time.monotonic() + rt.settings.transient_retry_budget_s
+    delay = rt.settings.transient_retry_initial_s
+    last_failure: AttemptError | None = None
+    while True:
+        ticket = gate.enter(rt, backend.name, caller)
+        if isinstance(ticket, AttemptError):
+            # Our own failed calls may have opened the circuit: report what they met.
+            _fail(rt, job.id, index, last_failure or ticket, skipped=last_failure is None)
+            return None
+        try:
+            task_id = provider.create(_spec(backend, job))
+        except ProviderError as error:
+            failure = AttemptError(error_class=error.error_class, code=error.code,
+                                   message=error.message)
+            gate.after_call(rt, ticket, failure, error.throttled)
+            last_failure = failure
+            wait = max(delay, error.retry_after_s or 0) * random.uniform(0.5, 1.0)
+            if error.error_class is ErrorClass.TRANSIENT and time.monotonic() + wait < retry_until:
+                rt.sleep(wait)
+                delay *= 2
+                continue
+            _fail(rt, job.id, index, failure)
+            return None
+        gate.after_call(rt, ticket, None)
+        break
     checkpointed = rt.store.mutate(job.id, lambda j: lifecycle.record_task(
         j, index, task_id, rt.clock()))
     if checkpointed is None or not checkpointed[1]:
@@ -148,8 +171,11 @@ def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task
             return
         if status.state is TaskState.FAILED:
             failure = status.error or ProviderError(ErrorClass.BACKEND, "failed", "task failed")
-            _fail(rt, message.job_id, message.attempt, AttemptError(
-                error_class=failure.error_class, code=failure.code, message=failure.message))
+            verdict = AttemptError(error_class=failure.error_class, code=failure.code,
+                                   message=failure.message)
+            if health_policy.is_strike(verdict.error_class, failure.throttled):
+                gate.strike(rt, backend.name, verdict)
+            _fail(rt, message.job_id, message.attempt, verdict)
             return
         if status.state is TaskState.CANCELLED:
             _fail(rt, message.job_id, message.attempt, AttemptError(
@@ -176,9 +202,10 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
             provider.download(status, path)
             info = media.probe_video(path)
         except (ProviderError, media.InvalidVideo) as error:
-            _fail(rt, message.job_id, message.attempt, AttemptError(
-                error_class=ErrorClass.OUTPUT_CHECK, code="undecodable_output",
-                message=str(error)))
+            failure = AttemptError(error_class=ErrorClass.OUTPUT_CHECK,
+                                   code="undecodable_output", message=str(error))
+            gate.strike(rt, backend.name, failure)
+            _fail(rt, message.job_id, message.attempt, failure)
             return
         data = path.read_bytes()
         uri = rt.outputs.put(path, f"jobs/{message.job_id}/output.mp4", OUTPUT_CONTENT_TYPE)
@@ -198,12 +225,16 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
     if changed:
         log(logger, logging.INFO, "job succeeded", job_id=job.id, backend=backend.name,
             cost_usd=cost, output_uri=uri)
+        budget.close(rt, job, message.attempt)
+        gate.rendered(rt, backend.name)
         emit_terminal(rt, job)
 
 
-def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError) -> None:
+def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError,
+          skipped: bool = False) -> None:
+    status = AttemptStatus.SKIPPED if skipped else AttemptStatus.FAILED
     done = rt.store.mutate(job_id, lambda j: lifecycle.fail_attempt(
-        j, index, error, rt.clock(), rt.settings.fallback_on_refusal))
+        j, index, error, rt.clock(), rt.settings.fallback_on_refusal, status))
     if done is None:
         return
     job, outcome = done
@@ -216,12 +247,15 @@ def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError) -> None:
     _follow_up(rt, job, index)
 
 
+
 def _follow_up(rt: Runtime, job: Job, index: int) -> None:
     """After attempt `index` ended: hand the job to its next backend, or announce its end.
 
     Runs again on redelivery, so a crash between the state change and the
-    publish loses nothing (the next render dedupes by its claim).
+    publish loses nothing (the next render dedupes by its claim, and the
+    ledger closes each reservation once).
     """
+    budget.close(rt, job, index)
     if job.status.terminal:
         emit_terminal(rt, job)
         return

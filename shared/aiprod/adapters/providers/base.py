@@ -35,6 +35,9 @@ class TaskState(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+THROTTLE_CODES = frozenset({"http_429", "RESOURCE_EXHAUSTED", "THROTTLED"})
+
+
 class ProviderError(Exception):
     """A classified provider outcome: the provider's own code and message are kept."""
 
@@ -45,6 +48,11 @@ class ProviderError(Exception):
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
+
+    @property
+    def throttled(self) -> bool:
+        """A 429 is back-pressure: retry later, and no strike against the backend."""
+        return self.code in THROTTLE_CODES
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,235 @@
+"""The budget ledger in Firestore: exact caps without a transaction per reservation.
+
+A transaction on one hot document serialises every job and fails under bursts
+(the Python client gives up after 5 attempts; see docs/budget-ledger.md). So a
+reservation is an atomic batch of server-side increments: it creates the
+reservation's own document and adds its amount to `held` on every scope it
+counts against (the day, the API key), reading the counters back in the same
+write. If any scope would go over its limit (counting every hold, even those
+about to be given back), the amount is given back (`refunded`) and the caller
+goes no further; otherwise it is marked `granted` and the caller may spend it.
+So money committed to provider calls never exceeds a limit.
+
+A caller refused only because others' refused amounts were in the counter for
+a moment must not be turned away: it re-reads `granted - returned` (money that
+really went ahead, never overstated) and tries again unless even that leaves
+no room. Settling and releasing change the reservation document (guarded by
+its update time) in the same batch as the counters, so each happens once.
+
+Counters per scope: held (every hold), refunded (holds given back at once),
+granted (holds that went ahead), returned (unspent parts of granted holds),
+spent (settled costs). Committed money = granted - returned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from aiprod.domain.budget import DayFigures, fits
+
+DAYS = "budget_days"
+RESERVATIONS = "reservations"
+KEYS = "keys"
+GLOBAL = "global"
+RESERVATION_TTL = dt.timedelta(days=8)
+COUNTERS = ("granted", "held", "refunded", "returned", "spent")
+
+
+def _gross(counters: dict[str, int]) -> int:
+    """Every hold not yet given back, including ones about to be: never understated."""
+    return counters["held"] - counters["refunded"] - counters["returned"]
+
+
+class ReservationState(StrEnum):
+    HELD = "HELD"
+    REFUSED = "REFUSED"
+    SETTLED = "SETTLED"
+    RELEASED = "RELEASED"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A counter a reservation is checked against: "global" or "key:<id>"."""
+
+    name: str
+    limit_micros: int
+
+
+class Ledger(Protocol):
+    def reserve(self, day: str, reservation_id: str, micros: int, scopes: Sequence[Scope],
+                **labels: str) -> bool: ...
+
+    def settle(self, day: str, reservation_id: str, actual_micros: int) -> bool: ...
+
+    def release(self, day: str, reservation_id: str) -> bool: ...
+
+    def figures(self, day: str, scope: Scope, warn_micros: int) -> DayFigures: ...
+
+    def first_crossing(self, day: str, threshold: str) -> bool: ...
+
+
+class FirestoreLedger:
+    def __init__(self, client: firestore.Client, recheck_attempts: int = 40) -> None:
+        self._client = client
+        self._recheck_attempts = recheck_attempts
+
+    # -- paths ------------------------------------------------------------------------
+    def _counter(self, day: str, scope: str) -> firestore.DocumentReference:
+        day_doc: firestore.DocumentReference = self._client.collection(DAYS).document(day)
+        if scope == GLOBAL:
+            return day_doc
+        key_doc: firestore.DocumentReference = day_doc.collection(KEYS).document(
+            scope.removeprefix("key:"))
+        return key_doc
+
+    def _reservation(self, day: str, reservation_id: str) -> firestore.DocumentReference:
+        ref: firestore.DocumentReference = (self._client.collection(DAYS).document(day)
+                                            .collection(RESERVATIONS).document(reservation_id))
+        return ref
+
+    # -- reserve ----------------------------------------------------------------------
+    def reserve(self, day: str, reservation_id: str, micros: int, scopes: Sequence[Scope],
+                **labels: str) -> bool:
+        """Hold `micros` against every scope, or nothing. Idempotent per reservation id."""
+        reservation = self._reservation(day, reservation_id)
+        now = dt.datetime.now(dt.UTC)
+        counters: dict[str, dict[str, int]] | None
+        try:
+            batch = self._client.batch()
+            batch.create(reservation, {
+                "state": ReservationState.HELD.value, "granted": False, "micros": micros,
+                "scopes": [s.name for s in scopes], "created_at": now,
+                "expires_at": now + RESERVATION_TTL, **labels})
+            counters = self._commit_counters(batch, day, scopes, held=micros)
+        except gexc.AlreadyExists:
+            data = reservation.get().to_dict() or {}
+            if data.get("state") != ReservationState.REFUSED.value:
+                return bool(data.get("granted"))
+            counters = None  # refused before: look again below
+        for attempt in range(self._recheck_attempts):
+            if counters is not None:
+                if all(fits(_gross(counters[s.name]), s.limit_micros) for s in scopes):
+                    self._mark_granted(reservation, day, micros, scopes)
+                    return True
+                self._refund(reservation, day, micros, scopes)
+            if any(self._granted_net(day, s.name) + micros > s.limit_micros for s in scopes):
+                return False  # even the money that surely went ahead leaves no room
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            counters = self._rehold(reservation, day, micros, scopes)
+        return False
+
+    def _rehold(self, reservation: firestore.DocumentReference, day: str, micros: int,
+                scopes: Sequence[Scope]) -> dict[str, dict[str, int]] | None:
+        snapshot = reservation.get()
+        if (snapshot.to_dict() or {}).get("state") != ReservationState.REFUSED.value:
+            return None
+        batch = self._client.batch()
+        batch.update(reservation, {"state": ReservationState.HELD.value},
+                     option=self._client.write_option(last_update_time=snapshot.update_time))
+        try:
+            return self._commit_counters(batch, day, scopes, held=micros)
+        except gexc.FailedPrecondition:
+            return None
+
+    def _mark_granted(self, reservation: firestore.DocumentReference, day: str, micros: int,
+                      scopes: Sequence[Scope]) -> None:
+        batch = self._client.batch()
+        batch.update(reservation, {"granted": True})
+        self._commit_counters(batch, day, scopes, granted=micros)
+
+    def _refund(self, reservation: firestore.DocumentReference, day: str, micros: int,
+                scopes: Sequence[Scope]) -> None:
+        batch = self._client.batch()
+        batch.update(reservation, {"state": ReservationState.REFUSED.value})
+        self._commit_counters(batch, day, scopes, refunded=micros)
+
+    def _commit_counters(self, batch: firestore.WriteBatch, day: str, scopes: Sequence[Scope],
+                         **increments: int) -> dict[str, dict[str, int]]:
+        """Add to each scope's counters in `batch`; return every counter of every scope
+        as it stands after this write."""
+        names = sorted(COUNTERS)  # transform results come in field-path order
+        for scope in scopes:
+            batch.set(self._counter(day, scope.name),
+                      {name: firestore.Increment(increments.get(name, 0)) for name in names}
+                      | {"day": day, "scope": scope.name}, merge=True)
+        results = batch.commit()
+        return {scope.name: {name: int(value.integer_value)
+                             for name, value in zip(names, result.transform_results,
+                                                    strict=True)}
+                for scope, result in zip(scopes, results[-len(scopes):], strict=True)}
+
+    def _granted_net(self, day: str, scope: str) -> int:
+        data = self._counter(day, scope).get().to_dict() or {}
+        return int(data.get("granted", 0)) - int(data.get("returned", 0))
+
+    # -- settle / release ---------------------------------------------------------------
+    def settle(self, day: str, reservation_id: str, actual_micros: int) -> bool:
+        """Charge the actual cost; give back the rest. False if already settled or released."""
+        return self._close(day, reservation_id, ReservationState.SETTLED, actual_micros)
+
+    def release(self, day: str, reservation_id: str) -> bool:
+        """Give the whole reservation back (the render failed or never ran)."""
+        return self._close(day, reservation_id, ReservationState.RELEASED, 0)
+
+    def _close(self, day: str, reservation_id: str, state: ReservationState,
+               spent: int) -> bool:
+        reservation = self._reservation(day, reservation_id)
+        while True:
+            snapshot = reservation.get()
+            data = snapshot.to_dict() or {}
+            if data.get("state") != ReservationState.HELD.value:
+                return False
+            micros = int(data["micros"])
+            scopes = [Scope(name, 0) for name in data["scopes"]]
+            batch = self._client.batch()
+            batch.update(reservation, {"state": state.value, "spent": spent,
+                                       "closed_at": dt.datetime.now(dt.UTC)},
+                         option=self._client.write_option(last_update_time=snapshot.update_time))
+            if data.get("granted"):
+                changes = {"returned": micros - spent, "spent": spent}
+            else:  # its holder died before going ahead: nothing was spent
+                changes = {"refunded": micros}
+            try:
+                self._commit_counters(batch, day, scopes, **changes)
+            except gexc.FailedPrecondition:
+                continue  # changed under us: look again
+            return True
+
+    def held_reservations(self, day: str, expired_before: dt.datetime) -> list[dict[str, Any]]:
+        """Reservations still held past their attempt's lease (for reclaiming)."""
+        query = (self._client.collection(DAYS).document(day).collection(RESERVATIONS)
+                 .where(filter=firestore.FieldFilter("state", "==", ReservationState.HELD.value)))
+        found = []
+        for snapshot in query.stream():
+            data = snapshot.to_dict() or {}
+            lease = data.get("lease_expires_at")
+            if lease is None or lease < expired_before:
+                found.append(data | {"id": snapshot.id})
+        return found
+
+    def first_crossing(self, day: str, threshold: str) -> bool:
+        """True for exactly one caller per day and threshold (a create-once marker)."""
+        marker = self._client.collection(DAYS).document(day).collection("alerts").document(
+            threshold)
+        try:
+            marker.create({"at": dt.datetime.now(dt.UTC)})
+        except gexc.AlreadyExists:
+            return False
+        return True
+
+    # -- figures -----------------------------------------------------------------------
+    def figures(self, day: str, scope: Scope, warn_micros: int) -> DayFigures:
+        data = self._counter(day, scope.name).get().to_dict() or {}
+        return DayFigures(day=day, limit_micros=scope.limit_micros, warn_micros=warn_micros,
+                          granted_micros=int(data.get("granted", 0)),
+                          returned_micros=int(data.get("returned", 0)),
+                          spent_micros=int(data.get("spent", 0)))

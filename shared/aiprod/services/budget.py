@@ -1,0 +1,82 @@
+"""Budget policy around the ledger: which scopes a job counts against, reserving
+before a provider call, settling or releasing once after, and the daily
+warning and critical thresholds."""
+
+from __future__ import annotations
+
+import logging
+
+from aiprod.adapters.ledger import GLOBAL, Scope
+from aiprod.domain import budget
+from aiprod.domain.budget import DayFigures, Threshold
+from aiprod.domain.job import Attempt, AttemptStatus, Job
+from aiprod.logs import log
+from aiprod.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def global_scope(rt: Runtime) -> Scope:
+    return Scope(GLOBAL, budget.to_micros(rt.settings.daily_budget_usd))
+
+
+def scopes_for(rt: Runtime, job: Job) -> list[Scope]:
+    return [global_scope(rt)]
+
+
+def reservation_id(job: Job, index: int) -> str:
+    return f"{job.id}-{index}"
+
+
+def today(rt: Runtime) -> DayFigures:
+    return rt.ledger.figures(budget.ledger_day(rt.clock()), global_scope(rt),
+                             budget.to_micros(rt.settings.daily_budget_warn_usd))
+
+
+def reserve(rt: Runtime, job: Job, index: int, amount_usd: float) -> str | None:
+    """Hold the attempt's estimate; the ledger day it was held on, or None if it cannot fit."""
+    day = job.attempts[index].reservation_day or budget.ledger_day(rt.clock())
+    held = rt.ledger.reserve(day, reservation_id(job, index), budget.to_micros(amount_usd),
+                             scopes_for(rt, job), job_id=job.id)
+    if held:
+        check_thresholds(rt, day)
+    return day if held else None
+
+
+def close(rt: Runtime, job: Job, index: int) -> None:
+    """Settle a succeeded attempt's cost or release any other attempt's hold. Idempotent."""
+    attempt: Attempt = job.attempts[index]
+    if attempt.reservation_day is None or not attempt.status.terminal:
+        return
+    rid = reservation_id(job, index)
+    if attempt.status is AttemptStatus.SUCCEEDED:
+        if rt.ledger.settle(attempt.reservation_day, rid, budget.to_micros(attempt.cost_usd)):
+            log(logger, logging.INFO, "budget settled", job_id=job.id, cost_usd=attempt.cost_usd)
+            check_thresholds(rt, attempt.reservation_day)
+    elif rt.ledger.release(attempt.reservation_day, rid):
+        log(logger, logging.INFO, "budget released", job_id=job.id,
+            released_usd=attempt.estimated_cost_usd)
+
+
+def release_unsent(rt: Runtime, job: Job, index: int) -> None:
+    """Give back a hold whose attempt never called the provider."""
+    day = job.attempts[index].reservation_day
+    if day is not None:
+        rt.ledger.release(day, reservation_id(job, index))
+
+
+def check_thresholds(rt: Runtime, day: str) -> Threshold:
+    """Announce the day's warning and critical thresholds, once each."""
+    figures = rt.ledger.figures(day, global_scope(rt),
+                                budget.to_micros(rt.settings.daily_budget_warn_usd))
+    level = figures.threshold
+    if level is not Threshold.OK and rt.ledger.first_crossing(day, level.value):
+        log(logger, logging.WARNING if level is Threshold.WARNING else logging.ERROR,
+            f"daily budget {level.value}: {budget.to_usd(figures.committed_micros)} USD of "
+            f"{budget.to_usd(figures.limit_micros)} committed", event="budget_threshold",
+            **figures.public())
+        rt.bus.publish(rt.settings.events_topic,
+                       {"event_id": f"budget:{day}:{level.value}",
+                        "type": f"budget.{level.value}", **figures.public()},
+                       {"type": f"budget.{level.value}", "event_id": f"budget:{day}:{level.value}"})
+    return level

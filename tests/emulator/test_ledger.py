@@ -1,0 +1,113 @@
+"""The budget ledger on the real Firestore emulator: exact caps under contention."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import threading
+import time
+import uuid
+
+import pytest
+
+from aiprod.adapters.ledger import GLOBAL, FirestoreLedger, Scope
+from aiprod.domain.budget import to_micros
+from tests.conftest import LocalStack
+
+pytestmark = pytest.mark.emulator
+
+USD = to_micros(1.0)
+
+
+def fresh_day() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def test_100_concurrent_reservations_against_room_for_10_give_exactly_10(
+        stack: LocalStack) -> None:
+    ledger, day = FirestoreLedger(stack.firestore()), fresh_day()
+    scope = Scope(GLOBAL, 10 * USD)
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(lambda i: ledger.reserve(day, f"r{i}", USD, [scope]),
+                                range(100)))
+
+    assert results.count(True) == 10
+    figures = ledger.figures(day, scope, 9 * USD)
+    assert figures.committed_micros == 10 * USD
+    assert figures.reserved_micros == 10 * USD
+
+
+def test_committed_money_never_exceeds_the_limit_as_money_comes_and_goes(
+        stack: LocalStack) -> None:
+    """Callers reserve, 'call the provider' for a while, then settle part or release
+    all. At every instant, the money of callers that went ahead plus what was
+    settled fits the limit; at the end nothing is left reserved."""
+    ledger, day = FirestoreLedger(stack.firestore()), fresh_day()
+    limit = 20 * USD
+    scope = Scope(GLOBAL, limit)
+    lock = threading.Lock()
+    committed = 0  # live holds of callers that went ahead + settled spend
+    peak = 0
+
+    def caller(i: int) -> bool:
+        nonlocal committed, peak
+        amount = random.choice([USD // 2, USD, 2 * USD])
+        if not ledger.reserve(day, f"r{i}", amount, [scope]):
+            return False
+        with lock:
+            committed += amount
+            peak = max(peak, committed)
+        time.sleep(random.uniform(0, 0.02))
+        spend = amount // 4 if random.random() < 0.5 else 0
+        with lock:
+            committed -= amount - spend
+        if spend:
+            assert ledger.settle(day, f"r{i}", spend)
+        else:
+            assert ledger.release(day, f"r{i}")
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(caller, range(300)))
+
+    assert peak <= limit
+    assert results.count(True) > 20  # released money was reused
+    figures = ledger.figures(day, scope, limit)
+    assert figures.reserved_micros == 0  # every hold was settled or released: no leak
+    assert figures.committed_micros == figures.spent_micros <= limit
+
+
+def test_no_spurious_refusal_when_every_reservation_fits(stack: LocalStack) -> None:
+    """50 callers at once whose amounts add up to exactly the limit: all must get in,
+    however their holds interleave."""
+    ledger, day = FirestoreLedger(stack.firestore()), fresh_day()
+    scope = Scope(GLOBAL, 10 * USD)
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(lambda i: ledger.reserve(day, f"r{i}", USD // 5, [scope]),
+                                range(50)))
+    assert all(results)
+    assert not ledger.reserve(day, "one-more", 1, [scope])
+
+
+def test_settle_and_release_happen_once(stack: LocalStack) -> None:
+    ledger, day = FirestoreLedger(stack.firestore()), fresh_day()
+    scope = Scope(GLOBAL, 10 * USD)
+    assert ledger.reserve(day, "r", 2 * USD, [scope])
+    assert ledger.reserve(day, "r", 2 * USD, [scope])  # idempotent: the same hold
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: ledger.settle(day, "r", USD), range(8)))
+    assert outcomes.count(True) == 1
+    assert not ledger.release(day, "r")
+    figures = ledger.figures(day, scope, 10 * USD)
+    assert (figures.spent_micros, figures.reserved_micros) == (USD, 0)
+
+
+def test_a_reservation_must_fit_every_scope(stack: LocalStack) -> None:
+    ledger, day = FirestoreLedger(stack.firestore()), fresh_day()
+    day_scope, key_scope = Scope(GLOBAL, 10 * USD), Scope("key:k1", 3 * USD)
+    assert ledger.reserve(day, "a", 2 * USD, [key_scope, day_scope])
+    assert not ledger.reserve(day, "b", 2 * USD, [key_scope, day_scope])
+    assert ledger.reserve(day, "c", 2 * USD, [day_scope])
+    assert ledger.figures(day, day_scope, 0).committed_micros == 4 * USD
+    assert ledger.figures(day, key_scope, 0).committed_micros == 2 * USD

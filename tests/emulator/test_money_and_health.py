@@ -1,0 +1,156 @@
+"""Budget and backend health through the whole stack."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aiprod.adapters.store import FirestoreJobStore
+from aiprod.domain.job import Job, JobRequest, JobStatus
+from aiprod.localstack.processes import free_port, http_ok, wait_until
+from aiprod.localstack.stack import LOCAL_CREDENTIALS
+from tests.conftest import CIRCUIT_COOLDOWN_S, LocalStack, running_stack
+
+pytestmark = pytest.mark.emulator
+
+LIMIT_USD = 2.0  # five 5-second jobs on replicate-seedance at 0.40 USD each
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with running_stack(tmp_path_factory.mktemp("tight"),
+                       AIPROD_DAILY_BUDGET_USD=str(LIMIT_USD),
+                       AIPROD_DAILY_BUDGET_WARN_USD="1.5") as started:
+        yield started
+
+
+@pytest.fixture
+def fresh(tight: LocalStack) -> Iterator[LocalStack]:
+    tight.reset_sims()
+    tight.reset_health()
+    tight.reset_budget()
+    yield tight
+
+
+def test_a_burst_never_spends_past_the_daily_limit(fresh: LocalStack) -> None:
+    def submit(n: int) -> httpx.Response:
+        return httpx.post(f"{fresh.api}/v1/jobs", json={"prompt": f"budget burst {n}"},
+                          timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(submit, range(12)))
+
+    admitted = [r.json()["id"] for r in replies if r.status_code == 201]
+    refused = [r for r in replies if r.status_code != 201]
+    for reply in refused:  # admission already saw the day's budget gone
+        assert reply.status_code == 429
+        assert reply.headers["content-type"] == "application/problem+json"
+        assert reply.json()["reason"] == "budget_exhausted"
+        assert "Retry-After" in reply.headers
+    jobs = [fresh.wait(job_id, timeout=90) for job_id in admitted]
+    succeeded = [j for j in jobs if j["status"] == "SUCCEEDED"]
+    spent = sum(j["cost_usd"] for j in jobs)
+
+    assert spent <= LIMIT_USD + 1e-9
+    assert len(succeeded) == 5, [(j["status"], [(a["backend"], a["status"], a["error"]) for a in j["attempts"]]) for j in jobs]  # the budget was used, not wasted
+    for job in jobs:
+        if job["status"] == "FAILED":
+            assert {a["error"]["code"] for a in job["attempts"]} == {"budget_exhausted"}
+    figures = httpx.get(f"{fresh.api}/v1/budget", timeout=30).json()
+    assert figures["reserved_usd"] == 0  # every hold settled or released
+    assert figures["spent_usd"] == pytest.approx(spent)
+    assert figures["threshold"] == "critical"
+    after = httpx.post(f"{fresh.api}/v1/jobs", json={"prompt": "one more"}, timeout=30)
+    assert after.status_code == 429
+    assert after.json()["type"] == "urn:aiprod:problem:rejected-budget-exhausted"
+
+
+def start_instance(stack: LocalStack, function: str, logs: Path) -> subprocess.Popen[bytes]:
+    """One more instance of a function, as the platform would scale it out."""
+    spec = stack.state["functions"][function]
+    port = free_port()
+    argv = [a for a in spec["argv"] if not a.startswith("--port=")] + [f"--port={port}"]
+    log = (logs / f"{function}-extra.log").open("ab")
+    process = subprocess.Popen(argv, env={**os.environ, **spec["env"], **LOCAL_CREDENTIALS},
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(url, any_status=True), 60, f"extra {function}")
+    process.url = url  # type: ignore[attr-defined]
+    return process
+
+
+def queued_job(stack: LocalStack, prompt: str) -> Job:
+    """A job stored as admission stores it, not yet dispatched (the test delivers it)."""
+    now = __import__("datetime").datetime.now(__import__("datetime").UTC)
+    job = Job(id=f"job_{uuid.uuid4().hex}", owner="test", request=JobRequest(prompt=prompt),
+              plan=["replicate-seedance", "runway-gen45"], status=JobStatus.QUEUED,
+              estimated_cost_usd=0.4, created_at=now, updated_at=now)
+    assert FirestoreJobStore(stack.firestore()).create(job)
+    return job
+
+
+def test_a_failing_backend_gets_no_more_calls_than_the_strike_count(
+        local: LocalStack, tmp_path: Path) -> None:
+    """Jobs arrive at two render instances at once; the backend fails every call."""
+    local.fault("replicate", "error")
+    second = start_instance(local, "render-replicate-seedance", tmp_path)
+    instances = [local.url("render-replicate-seedance"), second.url]  # type: ignore[attr-defined]
+    try:
+        jobs = [queued_job(local, f"circuit {n}") for n in range(10)]
+
+        def deliver(n: int) -> int:
+            body = {"job_id": jobs[n].id, "backend": "replicate-seedance", "attempt": 0}
+            reply = local.push_to(instances[n % 2], "render-replicate-seedance", body)
+            return reply.status_code
+
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            assert set(pool.map(deliver, range(10))) == {200}
+
+        calls = local.sim_stats("replicate")["requests"]
+        assert 1 <= calls <= 3
+        backends = {b["name"]: b for b in
+                    httpx.get(f"{local.api}/v1/backends", timeout=30).json()["backends"]}
+        assert backends["replicate-seedance"]["health"]["state"] == "open"
+        for job in jobs:  # every job fell back and rendered elsewhere
+            done = local.wait(job.id, timeout=60)
+            assert done["status"] == "SUCCEEDED", done["attempts"]
+            assert done["attempts"][-1]["backend"] == "runway-gen45"
+
+        # After the cool-down exactly one probe goes through; its success closes it.
+        local.fault("replicate", "ok")
+        time.sleep(CIRCUIT_COOLDOWN_S + 0.5)
+        probes = [queued_job(local, f"probe {n}") for n in range(4)]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda n: local.push_to(
+                instances[n % 2], "render-replicate-seedance",
+                {"job_id": probes[n].id, "backend": "replicate-seedance", "attempt": 0}),
+                range(4)))
+        assert local.sim_stats("replicate")["requests"] == calls + 1
+        outcomes = [local.wait(job.id, timeout=60) for job in probes]
+        assert sum(o["attempts"][0]["status"] == "SUCCEEDED" for o in outcomes) == 1
+        backends = {b["name"]: b for b in
+                    httpx.get(f"{local.api}/v1/backends", timeout=30).json()["backends"]}
+        assert backends["replicate-seedance"]["health"]["state"] == "closed"
+    finally:
+        os.killpg(second.pid, 15)
+        second.wait(10)
+
+
+def test_a_throttled_backend_is_not_struck(local: LocalStack) -> None:
+    local.fault("replicate", "throttle")
+    jobs = [local.submit(prompt=f"throttled {n}") for n in range(4)]
+    for job in jobs:
+        done = local.wait(job["id"], timeout=60)
+        assert done["attempts"][0]["error"]["class"] == "transient"
+    backends = {b["name"]: b for b in
+                httpx.get(f"{local.api}/v1/backends", timeout=30).json()["backends"]}
+    assert backends["replicate-seedance"]["health"]["state"] == "closed"
+    assert backends["replicate-seedance"]["health"]["strikes"] == 0
