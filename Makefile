@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: demo test lint unit emulator bench dev-up dev-down clean
+.PHONY: demo test lint unit emulator bench dev-up dev-down clean package tools install
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(STAMP):
 demo: $(STAMP)
 	$(BIN)/aiprod demo $(if $(FAIL),--fail $(FAIL))
 
-## make test: lint, type-check and every test (unit, contract, emulator)
-test: $(STAMP) lint
+## make test: lint, type-check and every test (unit, contract, emulator, infra)
+test: $(STAMP) lint tools
 	$(BIN)/pytest
 
 lint: $(STAMP)
@@ -25,6 +25,22 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/contract
+
+## make install: the project's venv and the tools venv, nothing else (CI's first step)
+install: $(STAMP) tools
+
+## make package: dist/function-source.zip, the archive every Cloud Function deploys
+package: $(STAMP)
+	$(BIN)/python tools/package.py --output dist/function-source.zip
+
+## make tools: checkov (pinned, in its own venv inside .venv: its dependencies clash with ours)
+TOOLS := $(VENV)/tools
+TOOLS_STAMP := $(TOOLS)/.installed-$(shell cat tools/checkov-requirements.txt | sha256sum | cut -c1-12)
+tools: $(TOOLS_STAMP)
+$(TOOLS_STAMP): tools/checkov-requirements.txt
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check -r tools/checkov-requirements.txt
+	@rm -f $(TOOLS)/.installed-* && touch $(TOOLS_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -1,0 +1,188 @@
+# What gets deployed, derived from the catalog (../backends.yaml) the same way
+# the local stack derives it (shared/aiprod/topology.py): one render topic,
+# dead-letter topic, push subscription and render function per backend.
+#
+# This file holds locals only and refers to nothing but variables and files, so
+# the offline tests evaluate it with Terraform itself (tests/infra) and compare
+# the result with the code's own topology.
+
+locals {
+  catalog  = yamldecode(file("${path.module}/../backends.yaml"))
+  backends = { for b in local.catalog.backends : b.name => b }
+
+  intake_topic       = "video-jobs"
+  events_topic       = "job-events"
+  dead_letter_suffix = "-dead-letter"
+
+  source_zip = coalesce(var.function_source_zip, "${path.module}/../dist/function-source.zip")
+
+  output_bucket = "${var.project_id}-aiprod-outputs"
+  source_bucket = "${var.project_id}-aiprod-source"
+
+  # Secret Manager secrets: secret ID => environment variable it becomes.
+  secrets = {
+    runway-api-key      = "AIPROD_RUNWAY_API_KEY"
+    replicate-api-token = "AIPROD_REPLICATE_API_TOKEN"
+    webhook-signing-key = "AIPROD_WEBHOOK_SIGNING_KEY"
+  }
+
+  # What each provider's render function needs beyond the common settings.
+  # Veo authenticates as the function's service account (roles/aiplatform.user),
+  # so it has a location but no key.
+  provider_env = {
+    runway    = {}
+    replicate = {}
+    veo       = { AIPROD_VEO_LOCATION = var.vertex_location }
+  }
+  provider_secrets = {
+    runway    = ["runway-api-key"]
+    replicate = ["replicate-api-token"]
+    veo       = []
+  }
+
+  # Settings every function reads (shared/aiprod/config.py). Variables the
+  # functions leave at their code defaults are listed, with the reason, in
+  # tests/infra/test_terraform.py (DEFAULTED).
+  common_env = {
+    GOOGLE_CLOUD_PROJECT         = var.project_id
+    AIPROD_FIRESTORE_DATABASE    = var.firestore_database
+    AIPROD_INTAKE_TOPIC          = local.intake_topic
+    AIPROD_EVENTS_TOPIC          = local.events_topic
+    AIPROD_OUTPUT_URI            = "gs://${local.output_bucket}/outputs"
+    AIPROD_DAILY_BUDGET_USD      = tostring(var.daily_budget_usd)
+    AIPROD_DAILY_BUDGET_WARN_USD = tostring(var.daily_budget_warn_usd)
+  }
+
+  render_deadline_s = var.functions.render.timeout_seconds - var.render_handoff_margin_seconds
+
+  # Every function: entry point in functions/main.py, kind (its sizing and
+  # service account role set), plain and secret environment, and the topic whose
+  # push subscription feeds it (null for the HTTP API).
+  fixed_functions = {
+    api = {
+      entry_point = "api"
+      kind        = "api"
+      backend     = null
+      topic       = null
+      env         = local.common_env
+      secrets     = []
+    }
+    intake = {
+      entry_point = "intake"
+      kind        = "intake"
+      backend     = null
+      topic       = local.intake_topic
+      env         = local.common_env
+      secrets     = []
+    }
+    dead-letter = {
+      entry_point = "dead_letter"
+      kind        = "dead_letter"
+      backend     = null
+      topic       = null # fed by one subscription per dead-letter topic
+      env         = local.common_env
+      secrets     = []
+    }
+    # notifier: when functions/main.py gains the `notifier` entry point (it
+    # subscribes to job-events and sends webhooks), add it here with
+    # kind = "notifier", topic = local.events_topic and
+    # secrets = ["webhook-signing-key"], give the kind a sizing in
+    # variables.tf and a role set in iam.tf; pubsub.tf then creates its push
+    # subscription (give job-events a dead-letter topic then, too).
+  }
+  render_functions = {
+    for name, b in local.backends : "render-${name}" => {
+      entry_point = "render"
+      kind        = "render"
+      backend     = name
+      topic       = "render-${name}"
+      env = merge(local.common_env, local.provider_env[b.provider], {
+        BACKEND                  = name
+        AIPROD_RENDER_DEADLINE_S = tostring(local.render_deadline_s)
+      })
+      secrets = local.provider_secrets[b.provider]
+    }
+  }
+  functions = merge(local.fixed_functions, local.render_functions)
+
+  # Pub/Sub: work topics feed one function each through a push subscription
+  # with a dead-letter topic; every dead-letter topic feeds the dead-letter
+  # function. Subscription name => what it does.
+  work_subscriptions = {
+    for name, f in local.functions : name => {
+      topic             = f.topic
+      function          = name
+      dead_letter_topic = "${f.topic}${local.dead_letter_suffix}"
+    } if f.topic != null
+  }
+  dead_letter_subscriptions = {
+    for name, s in local.work_subscriptions : s.dead_letter_topic => {
+      topic             = s.dead_letter_topic
+      function          = "dead-letter"
+      dead_letter_topic = null
+    }
+  }
+  push_subscriptions = merge(local.work_subscriptions, local.dead_letter_subscriptions)
+
+  topics = toset(concat(
+    [for s in values(local.work_subscriptions) : s.topic],
+    [for s in values(local.work_subscriptions) : s.dead_letter_topic],
+    [local.events_topic],
+  ))
+
+  # A push request is answered when the function returns, so the subscription's
+  # ack deadline (which is also the push request timeout) must outlast the
+  # function's timeout, or Pub/Sub redelivers work that is still running.
+  ack_deadline_seconds = {
+    for name, s in local.push_subscriptions :
+    name => min(600, var.functions[local.functions[s.function].kind].timeout_seconds + 30)
+  }
+  max_delivery_attempts = 5
+  minimum_backoff       = "10s"
+  maximum_backoff       = "600s"
+
+  # Least privilege: what each function may do; iam.tf grants exactly this.
+  render_topics = [for f in values(local.render_functions) : f.topic]
+  publishes = {
+    # admission dispatches to the first backend of the plan and emits job events
+    api    = concat(local.render_topics, [local.events_topic])
+    intake = concat(local.render_topics, [local.events_topic])
+    # fallback to the next backend, continuation to its own topic, job events
+    render = concat(local.render_topics, [local.events_topic])
+    # marks jobs FAILED and says so on job-events
+    dead_letter = [local.events_topic]
+  }
+  publisher_grants = merge([
+    for name, f in local.functions : {
+      for topic in local.publishes[f.kind] : "${name}/${topic}" => { function = name, topic = topic }
+    }
+  ]...)
+  secret_grants = merge([
+    for name, f in local.functions : {
+      for secret in f.secrets : "${name}/${secret}" => { function = name, secret = secret }
+    }
+  ]...)
+  # Output bucket: render functions write (and overwrite, for idempotent
+  # retries) outputs; the API reads them to sign download URLs.
+  output_bucket_roles = merge(
+    { for name, f in local.render_functions : name => "roles/storage.objectUser" },
+    { api = "roles/storage.objectViewer" },
+  )
+  # Functions that sign URLs with their own identity (IAM signBlob).
+  signs_urls = ["api"]
+  # Veo is called on Vertex AI as the function's own service account.
+  vertex_users = [for name, f in local.render_functions : name if local.backends[f.backend].provider == "veo"]
+
+  # Service account IDs must be 6-30 characters: long names are shortened with
+  # a hash so that two backends never share an account.
+  runtime_account_names = { for name, f in local.functions : name => "fn-${name}" }
+  invoker_account_names = {
+    for name, f in local.functions : name => "push-${name}" if f.kind != "api"
+  }
+  account_ids = {
+    for key, id in merge(
+      { for k, v in local.runtime_account_names : "runtime/${k}" => v },
+      { for k, v in local.invoker_account_names : "invoker/${k}" => v },
+    ) : key => length(id) <= 30 ? id : "${substr(id, 0, 21)}-${substr(sha1(id), 0, 8)}"
+  }
+}

@@ -1,0 +1,236 @@
+# Inputs. Only project_id has no default; see README.md for a terraform.tfvars example.
+
+variable "project_id" {
+  description = "Google Cloud project that hosts AIPROD."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project ID (6-30 characters: lowercase letters, digits and hyphens, starting with a letter)."
+  }
+}
+
+variable "region" {
+  description = "Region for the functions, topics' push endpoints and buckets."
+  type        = string
+  default     = "us-central1"
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "region must be a Google Cloud region such as us-central1 or europe-west4."
+  }
+}
+
+variable "firestore_location" {
+  description = "Location of the Firestore database: a multi-region (nam5, eur3) or a region. Cannot be changed after creation."
+  type        = string
+  default     = "nam5"
+
+  validation {
+    condition     = can(regex("^(nam5|eur3|[a-z]+-[a-z]+[0-9]+)$", var.firestore_location))
+    error_message = "firestore_location must be nam5, eur3 or a region such as us-central1."
+  }
+}
+
+variable "firestore_database" {
+  description = "Firestore database ID; the functions get it as AIPROD_FIRESTORE_DATABASE."
+  type        = string
+  default     = "(default)"
+
+  validation {
+    condition     = var.firestore_database == "(default)" || can(regex("^[a-z][a-z0-9-]{2,61}[a-z0-9]$", var.firestore_database))
+    error_message = "firestore_database must be \"(default)\" or 4-63 characters of lowercase letters, digits and hyphens."
+  }
+}
+
+variable "vertex_location" {
+  description = "Vertex AI location the Veo render functions call (AIPROD_VEO_LOCATION)."
+  type        = string
+  default     = "us-central1"
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.vertex_location))
+    error_message = "vertex_location must be a Vertex AI region such as us-central1."
+  }
+}
+
+variable "function_source_zip" {
+  description = "Path of the function source archive built by `make package`. Null means ../dist/function-source.zip beside this folder."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.function_source_zip == null || endswith(coalesce(var.function_source_zip, "x.zip"), ".zip")
+    error_message = "function_source_zip must be the path of a .zip file."
+  }
+}
+
+variable "python_runtime" {
+  description = "Cloud Functions runtime for every function."
+  type        = string
+  default     = "python312"
+
+  validation {
+    condition     = contains(["python312", "python313", "python314"], var.python_runtime)
+    error_message = "python_runtime must be a GA Python runtime: python312, python313 or python314."
+  }
+}
+
+variable "functions" {
+  description = <<-EOT
+    Sizing per function kind: memory, cpu, timeout, instance counts and
+    per-instance concurrency. Give only what you change, e.g.
+    functions = { render = { max_instances = 50 } }.
+    The render timeout bounds one invocation; a render that needs longer hands
+    off to a continuation (AIPROD_RENDER_DEADLINE_S = timeout - render_handoff_margin_seconds).
+    Pub/Sub-driven kinds (intake, render, dead_letter) are capped at 570 s so their
+    subscriptions' ack deadline (timeout + 30 s) stays within Pub/Sub's 600 s limit.
+  EOT
+  type = object({
+    api = optional(object({
+      memory          = optional(string, "512Mi")
+      cpu             = optional(string, "1")
+      timeout_seconds = optional(number, 60)
+      min_instances   = optional(number, 0)
+      max_instances   = optional(number, 20)
+      concurrency     = optional(number, 8)
+    }), {})
+    intake = optional(object({
+      memory          = optional(string, "512Mi")
+      cpu             = optional(string, "1")
+      timeout_seconds = optional(number, 60)
+      min_instances   = optional(number, 0)
+      max_instances   = optional(number, 10)
+      concurrency     = optional(number, 1)
+    }), {})
+    render = optional(object({
+      memory          = optional(string, "1Gi")
+      cpu             = optional(string, "1")
+      timeout_seconds = optional(number, 540)
+      min_instances   = optional(number, 0)
+      max_instances   = optional(number, 10)
+      concurrency     = optional(number, 1)
+    }), {})
+    dead_letter = optional(object({
+      memory          = optional(string, "256Mi")
+      cpu             = optional(string, "0.167")
+      timeout_seconds = optional(number, 60)
+      min_instances   = optional(number, 0)
+      max_instances   = optional(number, 3)
+      concurrency     = optional(number, 1)
+    }), {})
+  })
+  default = {}
+
+  validation {
+    condition = alltrue([
+      for kind, f in var.functions : can(regex("^[0-9]+(Mi|Gi|M|G)$", f.memory))
+    ])
+    error_message = "functions.*.memory must look like 256Mi, 512Mi, 1Gi or 2G."
+  }
+  validation {
+    condition = alltrue([
+      for kind, f in var.functions : f.min_instances >= 0 && f.max_instances >= 1 && f.min_instances <= f.max_instances
+    ])
+    error_message = "functions.*: need 0 <= min_instances <= max_instances and max_instances >= 1."
+  }
+  validation {
+    condition     = alltrue([for kind, f in var.functions : f.concurrency >= 1 && f.concurrency <= 1000])
+    error_message = "functions.*.concurrency must be between 1 and 1000."
+  }
+  validation {
+    condition     = var.functions.api.timeout_seconds >= 1 && var.functions.api.timeout_seconds <= 3600
+    error_message = "functions.api.timeout_seconds must be 1-3600 (the HTTP function limit)."
+  }
+  validation {
+    condition = alltrue([
+      for kind in ["intake", "render", "dead_letter"] :
+      var.functions[kind].timeout_seconds >= 10 && var.functions[kind].timeout_seconds <= 570
+    ])
+    error_message = "Pub/Sub-driven functions (intake, render, dead_letter) need 10 <= timeout_seconds <= 570 so that the ack deadline (timeout + 30 s) fits Pub/Sub's 600 s maximum."
+  }
+  validation {
+    condition     = var.functions.render.timeout_seconds - var.render_handoff_margin_seconds >= 60
+    error_message = "functions.render.timeout_seconds must leave at least 60 s of rendering after render_handoff_margin_seconds."
+  }
+}
+
+variable "render_handoff_margin_seconds" {
+  description = "How long before its timeout a render invocation stops polling and publishes a continuation (the time it keeps for the hand-off and for copying an output)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.render_handoff_margin_seconds >= 30 && var.render_handoff_margin_seconds <= 300
+    error_message = "render_handoff_margin_seconds must be between 30 and 300."
+  }
+}
+
+variable "daily_budget_usd" {
+  description = "Hard daily spending limit across all providers, in USD (AIPROD_DAILY_BUDGET_USD)."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.daily_budget_usd > 0
+    error_message = "daily_budget_usd must be positive."
+  }
+}
+
+variable "daily_budget_warn_usd" {
+  description = "Daily spend at which AIPROD warns, in USD (AIPROD_DAILY_BUDGET_WARN_USD); below daily_budget_usd."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.daily_budget_warn_usd > 0 && var.daily_budget_warn_usd <= var.daily_budget_usd
+    error_message = "daily_budget_warn_usd must be positive and at most daily_budget_usd."
+  }
+}
+
+variable "output_retention_days" {
+  description = "Rendered videos are deleted from the output bucket this many days after they were written."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.output_retention_days >= 1 && floor(var.output_retention_days) == var.output_retention_days
+    error_message = "output_retention_days must be a whole number of days, at least 1."
+  }
+}
+
+variable "secret_version" {
+  description = "Version of each Secret Manager secret the functions read: \"latest\" (picked up by new instances) or a version number (picked up on the next apply)."
+  type        = string
+  default     = "latest"
+
+  validation {
+    condition     = can(regex("^(latest|[1-9][0-9]*)$", var.secret_version))
+    error_message = "secret_version must be \"latest\" or a positive version number."
+  }
+}
+
+variable "api_public" {
+  description = "Let anyone on the internet call the API function (it checks API keys itself). When false, callers need roles/run.invoker."
+  type        = bool
+  default     = true
+}
+
+variable "deletion_protection" {
+  description = "Protect the Firestore database and the output bucket against `terraform destroy`."
+  type        = bool
+  default     = true
+}
+
+variable "labels" {
+  description = "Extra labels on every resource that takes labels."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition = alltrue([
+      for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))
+    ])
+    error_message = "labels: keys must start with a lowercase letter; keys and values may hold lowercase letters, digits, _ and - (63 characters at most)."
+  }
+}

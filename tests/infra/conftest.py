@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.infra import provider_schema, tfconfig
+
+PROJECT = "aiprod-offline-test"
+
+
+@pytest.fixture(scope="session")
+def tf_config() -> tfconfig.Config:
+    return tfconfig.load_config()
+
+
+@pytest.fixture(scope="session")
+def evaluated(tf_config: tfconfig.Config,
+              tmp_path_factory: pytest.TempPathFactory) -> tfconfig.Evaluated:
+    return tfconfig.evaluate_locals(tf_config, tmp_path_factory.mktemp("tf-eval"),
+                                    {"project_id": PROJECT})
+
+
+@pytest.fixture(scope="session")
+def deployment(tf_config: tfconfig.Config, evaluated: tfconfig.Evaluated) -> tfconfig.Deployment:
+    return tfconfig.Deployment(tf_config, evaluated)
+
+
+@pytest.fixture(scope="session")
+def google_schema() -> provider_schema.ProviderSchema:
+    return provider_schema.load()

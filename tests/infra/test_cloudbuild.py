@@ -1,0 +1,117 @@
+"""cloudbuild.yaml: the steps, their images and order, and apply only on main."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.infra import tfconfig
+
+BUILD = yaml.safe_load((tfconfig.REPO / "cloudbuild.yaml").read_text())
+STEPS: list[dict[str, Any]] = BUILD["steps"]
+ORDER = ["install", "lint", "test", "package", "upload", "terraform-init", "terraform-plan",
+         "terraform-apply"]
+EMULATORS_IMAGE = "gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators"
+
+
+def step(step_id: str) -> dict[str, Any]:
+    (found,) = [s for s in STEPS if s.get("id") == step_id]
+    return found
+
+
+def command(step_id: str) -> str:
+    s = step(step_id)
+    return " ".join([s.get("entrypoint", ""), *s.get("args", [])])
+
+
+def substitute(text: str, values: dict[str, str]) -> str:
+    """Cloud Build's own substitution: $NAME and ${NAME}; $$ is a literal $."""
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return values[match.group(1) or match.group(2)]
+    return re.sub(r"\$\$|\$\{(\w+)\}|\$(\w+)", one, text)
+
+
+def test_steps_run_in_order() -> None:
+    ids = [s.get("id") for s in STEPS]
+    assert [i for i in ids if i in ORDER] == ORDER
+    assert ids.index("terraform-binary") < ids.index("test")
+    assert not [s for s in STEPS if "waitFor" in s], "steps must run one after the other"
+
+
+def test_images() -> None:
+    version = BUILD["substitutions"]["_TERRAFORM_VERSION"]
+    for step_id in ("terraform-binary", "terraform-init", "terraform-plan", "terraform-apply"):
+        assert step(step_id)["name"] == "hashicorp/terraform:${_TERRAFORM_VERSION}", step_id
+    # The same Terraform as the one the offline tests run, within versions.tf's range.
+    local = subprocess.run([tfconfig.terraform(), "version"], capture_output=True, text=True,
+                           env=tfconfig.terraform_env()).stdout
+    assert f"v{version}" in local.splitlines()[0]
+    for step_id in ("install", "lint", "test", "package"):
+        assert step(step_id)["name"] == EMULATORS_IMAGE, step_id  # gcloud, Java, emulators
+    assert step("upload")["name"].startswith("gcr.io/google.com/cloudsdktool/google-cloud-cli")
+
+
+def test_tests_run_with_the_emulators_and_terraform() -> None:
+    assert "make install" in command("install")
+    assert ".venv/bin/ruff check ." in command("lint")
+    assert ".venv/bin/mypy" in command("lint")
+    test = command("test")
+    assert "make test" in test
+    assert test.index("/workspace/.tools/bin") < test.index("make test")
+    assert "/workspace/.tools/bin/terraform" in command("terraform-binary")
+
+
+def test_package_upload_and_terraform_use_the_same_archive() -> None:
+    assert "tools/package.py --output dist/function-source.zip" in command("package")
+    upload = step("upload")
+    assert upload["args"][:3] == ["storage", "cp", "dist/function-source.zip"]
+    assert upload["args"][3].startswith("gs://${_DEPLOY_BUCKET}/")
+    assert "${COMMIT_SHA}" in upload["args"][3]
+    # Terraform's default archive path, seen from terraform/.
+    assert "../dist/function-source.zip" in (tfconfig.TERRAFORM_DIR / "topology.tf").read_text()
+    for step_id in ("terraform-init", "terraform-plan", "terraform-apply"):
+        assert step(step_id).get("dir") == "terraform"
+
+
+def test_substitutions() -> None:
+    subs = BUILD["substitutions"]
+    assert {"_PROJECT_ID", "_REGION", "_DEPLOY_BUCKET"} <= set(subs)
+    assert BUILD["options"]["dynamicSubstitutions"] is True  # _PROJECT_ID: ${PROJECT_ID}
+    plan = step("terraform-plan")["args"]
+    assert "-var=project_id=${_PROJECT_ID}" in plan
+    assert "-var=region=${_REGION}" in plan
+    assert "-backend-config=bucket=${_DEPLOY_BUCKET}" in step("terraform-init")["args"]
+    text = (tfconfig.REPO / "cloudbuild.yaml").read_text()
+    used = set(re.findall(r"\$\{(_\w+)\}", text))
+    assert used == set(subs), "every user substitution is defined and used"
+
+
+def test_plan_is_saved_and_applied_as_planned() -> None:
+    assert "-out=tfplan" in step("terraform-plan")["args"]
+    assert "terraform apply -input=false tfplan" in command("terraform-apply")
+
+
+@pytest.mark.parametrize(("branch", "applies"), [("main", True), ("feature/x", False),
+                                                 ("", False), ("main-2", False)])
+def test_apply_runs_only_on_main(tmp_path: Path, branch: str, applies: bool) -> None:
+    """Run the apply step's script with a stand-in terraform that records its arguments."""
+    fake = tmp_path / "terraform"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    apply = step("terraform-apply")
+    assert apply["entrypoint"] == "sh"
+    script = substitute(apply["args"][-1], {"BRANCH_NAME": branch})
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    run = subprocess.run(["sh", "-ceu", script], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    assert (calls == "apply -input=false tfplan\n") is applies, calls

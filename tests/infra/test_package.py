@@ -1,0 +1,186 @@
+"""`make package`: the archive every function deploys is complete and starts.
+
+The archive is unpacked into an empty folder, its requirements.txt installed
+into a new virtual environment (nothing from the project's venv, no editable
+install: only what Cloud Functions would install), and each entry point is
+served by functions-framework from the unpacked main.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.infra import tfconfig
+
+REPO = tfconfig.REPO
+PACKAGE = REPO / "tools" / "package.py"
+ENTRY_POINTS = ("api", "intake", "render", "dead_letter")
+
+
+def build(output: Path) -> Path:
+    run = subprocess.run([sys.executable, str(PACKAGE), "--output", str(output)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return output
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("package") / "function-source.zip")
+
+
+def requirements(archive: Path) -> dict[str, str]:
+    with zipfile.ZipFile(archive) as zf:
+        lines = zf.read("requirements.txt").decode().splitlines()
+    pins = [line for line in lines if line and not line.startswith("#")]
+    assert all("==" in p for p in pins), pins
+    return dict(p.split("==", 1) for p in pins)
+
+
+def test_archive_is_deterministic(archive: Path, tmp_path: Path) -> None:
+    assert build(tmp_path / "again.zip").read_bytes() == archive.read_bytes()
+
+
+def test_archive_layout(archive: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        assert zf.read("main.py") == (REPO / "functions" / "main.py").read_bytes()
+        assert zf.read("backends.yaml") == (REPO / "backends.yaml").read_bytes()
+    assert {"main.py", "backends.yaml", "requirements.txt", "aiprod/__init__.py",
+            "aiprod/entrypoints.py", "aiprod/config.py"} <= set(names)
+    assert ("monitoring.yaml" in names) == (REPO / "monitoring.yaml").exists()
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if n.startswith(("aiprod/sim/", "aiprod/localstack/"))]
+    assert names == sorted(names)
+
+
+def test_requirements_are_the_runtime_dependencies_pinned(archive: Path) -> None:
+    pins = requirements(archive)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:  # every direct dependency, at its pinned version
+        name, version = spec.split("==")
+        assert pins[name.lower()] == version, spec
+    constraints = dict(line.lower().replace("_", "-").split("==")
+                       for line in (REPO / "constraints.txt").read_text().split())
+    for name, version in pins.items():
+        assert constraints[name] == version, name
+    dev_only = [s.split("==")[0].lower() for s in project["optional-dependencies"]["dev"]
+                if not s.startswith("aiprod")] + ["psutil"]
+    assert not set(dev_only) & set(pins), "dev/local extras must not be deployed"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def push_body(payload: bytes, attributes: dict[str, str] | None = None) -> dict[str, object]:
+    """What a Pub/Sub push subscription POSTs (no CloudEvent headers)."""
+    return {"subscription": "projects/p/subscriptions/s",
+            "message": {"data": base64.b64encode(payload).decode(), "messageId": "1",
+                        "publishTime": "2026-11-26T00:00:00Z", "attributes": attributes or {}}}
+
+
+@pytest.fixture(scope="module")
+def installed(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The archive unpacked into an empty folder, with a clean venv beside it."""
+    root = tmp_path_factory.mktemp("unpacked")
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(root / "src")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    base_python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base_python, "-m", "venv", str(root / "venv")], check=True, env=env,
+                   timeout=120)
+    pip = subprocess.run(
+        [str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet",
+         "--disable-pip-version-check", "--no-input", "-r", str(root / "src" / "requirements.txt")],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    return root
+
+
+def test_requirements_are_complete_and_consistent(archive: Path, installed: Path) -> None:
+    python = str(installed / "venv" / "bin" / "python")
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    freeze = subprocess.run([python, "-m", "pip", "list", "--format=json",
+                             "--disable-pip-version-check"], capture_output=True, text=True,
+                            check=True)
+    got = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(freeze.stdout)}
+    got.pop("pip", None)
+    got.pop("setuptools", None)
+    # pip installed nothing that requirements.txt does not pin: the pins are the closure.
+    assert got == requirements(archive)
+
+
+def test_each_entry_point_starts_from_the_archive(installed: Path) -> None:
+    backend = yaml.safe_load((REPO / "backends.yaml").read_text())["backends"][0]["name"]
+    processes: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    logs = installed / "logs"
+    logs.mkdir(exist_ok=True)
+    try:
+        for target in ENTRY_POINTS:
+            port = free_port()
+            env = {
+                "PATH": f"{installed / 'venv' / 'bin'}:/usr/bin:/bin",
+                "HOME": str(installed),
+                "GOOGLE_CLOUD_PROJECT": "aiprod-package-test",
+                # Clients built at start-up stay offline: emulator hosts nobody listens on.
+                "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9",
+                "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
+                "AIPROD_OUTPUT_URI": f"file://{installed / 'out'}",
+                **({"BACKEND": backend} if target == "render" else {}),
+            }
+            log = (logs / f"{target}.log").open("wb")
+            processes[target] = (subprocess.Popen(
+                [str(installed / "venv" / "bin" / "functions-framework"), f"--target={target}",
+                 "--source=main.py", "--host=127.0.0.1", f"--port={port}"],
+                cwd=installed / "src", env=env, stdout=log, stderr=subprocess.STDOUT), port)
+
+        def call(target: str, method: str, path: str, body: object = None) -> httpx.Response:
+            process, port = processes[target]
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    return httpx.request(method, f"http://127.0.0.1:{port}{path}", json=body,
+                                         timeout=10)
+                except httpx.TransportError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"{target} did not start:\n"
+                                    f"{(logs / f'{target}.log').read_text()[-3000:]}")
+                    time.sleep(0.2)
+
+        health = call("api", "GET", "/healthz")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        # A render message nobody can read is dropped (acknowledged) without I/O.
+        assert call("render", "POST", f"/projects/p/topics/render-{backend}",
+                    push_body(b"not json")).status_code == 200
+        # A dead-lettered intake message is logged and acknowledged without I/O.
+        assert call("dead_letter", "POST", "/projects/p/topics/video-jobs-dead-letter",
+                    push_body(b"{}")).status_code == 200
+        # intake would answer on job-events (Pub/Sub): check it serves HTTP at all.
+        assert call("intake", "POST", "/", {"not": "a push body"}).status_code < 600
+    finally:
+        for process, _ in processes.values():
+            process.terminate()
+        for process, _ in processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,0 +1,648 @@
+"""terraform/ checked offline: formatting, the google provider's schema, and
+cross-checks against the code (topology, settings, secrets, least privilege)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from aiprod.catalog import load_catalog
+from aiprod.config import Settings
+from aiprod.topology import DEAD_LETTER_SUFFIX, MAX_DELIVERY_ATTEMPTS, topology
+from tests.infra import provider_schema, tfconfig
+from tests.infra.conftest import PROJECT
+from tests.infra.tfconfig import Deployment, Instance, Ref, Template, Unsupported
+
+CATALOG = load_catalog(tfconfig.REPO / "backends.yaml")
+FUNCTION = "google_cloudfunctions2_function"
+SUBSCRIPTION = "google_pubsub_subscription"
+TOPIC = "google_pubsub_topic"
+
+# Settings the deployed functions leave at their code defaults, and why. Every
+# other setting the code reads must be set on every function that reads it.
+DEFAULTED = {
+    "catalog_path": "backends.yaml is found beside main.py in the source archive",
+    "poll_interval_s": "provider polling cadence: the code default is the tested value",
+    "create_timeout_s": "provider create-call timeout: the code default is the tested value",
+    "transient_retry_initial_s": "retry tuning: the code default is the tested value",
+    "transient_retry_budget_s": "retry tuning: the code default is the tested value",
+    "fallback_on_refusal": "policy: a prompt one provider refuses is not sent to the next",
+    "circuit_strikes": "circuit breaker: the design's 3 consecutive failures open it",
+    "circuit_cooldown_s": "circuit breaker cool-down: the code default is the tested value",
+    "backend_busy_wait_s": "wait for a provider call slot: the code default is the tested value",
+    "runway_base_url": "Runway's production API by default; the local stack overrides it",
+    "replicate_base_url": "Replicate's production API by default; the local stack overrides it",
+    "veo_base_url": "empty means Google's regional Vertex AI endpoint",
+    "veo_access_token": "empty means Application Default Credentials: Veo runs as the "
+                        "function's own service account (roles/aiplatform.user), no key",
+}
+# Settings only some functions read (all others: every function).
+SCOPED_TO_KIND = {
+    "backend": "render",
+    "render_deadline_s": "render",
+    "webhook_signing_key": "notifier",  # the webhook sender (not deployed yet)
+}
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)$")
+
+
+def env_name(name: str) -> str:
+    alias = Settings.model_fields[name].validation_alias
+    return alias if isinstance(alias, str) else (Settings.model_config.get("env_prefix", "")
+                                                  + name).upper()
+
+
+def is_secret(name: str) -> bool:
+    return Settings.model_fields[name].annotation is SecretStr or bool(
+        SECRET_NAME.search(env_name(name)))
+
+
+def functions(deployment: Deployment) -> dict[str, Instance]:
+    return {i.get("name"): i for i in deployment.instances(FUNCTION, "fn").values()}
+
+
+def plain_env(fn: Instance) -> dict[str, str]:
+    env: dict[str, str] = fn.block("service_config").get("environment_variables") or {}
+    return env
+
+
+def secret_env(fn: Instance) -> dict[str, Any]:
+    return {b.get("key"): b.get("secret")
+            for b in fn.block("service_config").blocks("secret_environment_variables")}
+
+
+def kind(fn: Instance) -> str:
+    return str(fn.ev.scope["each"]["value"]["kind"])
+
+
+def backend_of(fn: Instance) -> str | None:
+    value: str | None = fn.ev.scope["each"]["value"]["backend"]
+    return value
+
+
+def run_terraform(*args: str, cwd: Path = tfconfig.REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tfconfig.terraform(), *args], cwd=cwd, env=tfconfig.terraform_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+# --- Form ------------------------------------------------------------------------------
+
+def test_terraform_is_formatted() -> None:
+    run = run_terraform("fmt", "-check", "-recursive", "-diff", "-no-color", "terraform")
+    assert run.returncode == 0, f"run `terraform fmt -recursive terraform`:\n{run.stdout}"
+
+
+def test_locals_files_declare_no_resources(tf_config: tfconfig.Config) -> None:
+    """The files Terraform evaluates offline must not depend on resources."""
+    for name in tfconfig.LOCALS_FILES:
+        parsed = tf_config.files[name]
+        assert not set(parsed) & {"resource", "data", "module", "provider"}, name
+        text = (tfconfig.TERRAFORM_DIR / name).read_text()
+        refs = re.findall(r"(?<![\w.\"/-])(?:data\.)?google_\w+\.\w+", text)
+        assert not refs, f"{name} refers to resources {refs}: keep it evaluable offline"
+
+
+def test_versions_are_pinned(tf_config: tfconfig.Config, google_schema:
+                             provider_schema.ProviderSchema) -> None:
+    (block,) = tf_config.terraform
+    providers = block["required_providers"][0]
+    assert {k for k, _ in tfconfig.attributes(providers)} == {"google"}, "only google is used"
+    google = providers["google"]
+    assert tfconfig.label(google["source"]) == "hashicorp/google"
+    constraint = tfconfig.label(google["version"])
+    assert google_schema.version == provider_schema.GOOGLE_PROVIDER
+    major, minor, _ = (int(p) for p in google_schema.version.split("."))
+    # "~> 8.7": the schema the tests check against, and that major version only.
+    assert constraint == f"~> {major}.{minor}", constraint
+    required = tfconfig.label(block["required_version"])
+    assert re.fullmatch(r">= 1\.\d+\.\d+, < 2\.0\.0", required), required
+    version = json.loads(run_terraform("version", "-json").stdout)["terraform_version"]
+    low = tuple(int(p) for p in required.split(",")[0].split()[1].split("."))
+    assert tuple(int(p) for p in version.split(".")) >= low, (version, required)
+    assert "gcs" in {tfconfig.label(k) for b in block["backend"] for k, _ in tfconfig.attributes(b)}
+
+
+# --- The provider's schema ---------------------------------------------------------------
+
+def _check_body(body: dict[str, Any], level: provider_schema.Block, where: str,
+                schema: provider_schema.ProviderSchema, errors: list[str], top: bool) -> None:
+    present: set[str] = set()
+    for key, value in tfconfig.attributes(body):
+        if key == "dynamic":
+            for dynamic in value:
+                for dname, spec in tfconfig.attributes(dynamic):
+                    name = tfconfig.label(dname)
+                    if name not in level.blocks:
+                        errors.append(f"{where}: no block {name!r} (dynamic)")
+                        continue
+                    unknown = {k for k, _ in tfconfig.attributes(spec)} - {
+                        "for_each", "iterator", "content", "labels"}
+                    if unknown or "content" not in spec or "for_each" not in spec:
+                        errors.append(f"{where}: dynamic {name!r} is malformed")
+                    present.add(name)
+                    for content in spec.get("content", []):
+                        _check_body(content, schema.struct(level.blocks[name][1]),
+                                    f"{where}.{name}", schema, errors, top=False)
+            continue
+        if top and key in tfconfig.META_ARGUMENTS:
+            continue
+        if key in level.attributes:
+            if tfconfig.is_block(value):
+                errors.append(f"{where}: {key!r} is an argument but is written as a block")
+            present.add(key)
+        elif key in level.blocks:
+            if not tfconfig.is_block(value):
+                errors.append(f"{where}: {key!r} is a block but is written as an argument")
+                continue
+            present.add(key)
+            for nested in value:
+                _check_body(nested, schema.struct(level.blocks[key][1]), f"{where}.{key}",
+                            schema, errors, top=False)
+        else:
+            errors.append(f"{where}: unknown argument or block {key!r}")
+    errors += [f"{where}: required argument {name!r} is missing"
+               for name, required in level.attributes.items() if required and name not in present]
+    errors += [f"{where}: required block {name!r} is missing"
+               for name, (required, _) in level.blocks.items() if required and name not in present]
+
+
+def schema_errors(config: tfconfig.Config, schema: provider_schema.ProviderSchema) -> list[str]:
+    errors: list[str] = []
+    for (rtype, rname), body in config.resources.items():
+        level = schema.resource(rtype)
+        if level is None:
+            errors.append(f"{rtype}.{rname}: the google provider has no resource {rtype}")
+        else:
+            _check_body(body, level, f"{rtype}.{rname}", schema, errors, top=True)
+    for (dtype, dname), body in config.data.items():
+        level = schema.resource(dtype, data=True)
+        if level is None:
+            errors.append(f"data.{dtype}.{dname}: the google provider has no data source {dtype}")
+        else:
+            _check_body(body, level, f"data.{dtype}.{dname}", schema, errors, top=True)
+    for name, body in config.providers:
+        if name != "google":
+            errors.append(f"provider {name}: only google is declared")
+            continue
+        _check_body(body, schema.struct(schema.provider), "provider.google", schema, errors,
+                    top=True)
+    errors += reference_errors(config, schema)
+    return errors
+
+
+_REFERENCE = re.compile(
+    r"(?<![\w.])(data\.)?(google_\w+)\.(\w+)((?:\[[^\]]*\])?)((?:\.\w+|\[\d+\])*)")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() if not k.startswith("__comment") for s in _strings(v)]
+    return []
+
+
+def reference_errors(config: tfconfig.Config, schema: provider_schema.ProviderSchema) -> list[str]:
+    """Every `google_x.name...` reference names a declared resource and a real attribute."""
+    errors: list[str] = []
+    everything = [*config.resources.values(), *config.data.values(), config.locals,
+                  *config.outputs.values()]
+    for text in (s for body in everything for s in _strings(body)):
+        for data, rtype, rname, key, path in _REFERENCE.findall(text):
+            table = config.data if data else config.resources
+            ref = f"{data}{rtype}.{rname}{key}{path}"
+            if (rtype, rname) not in table:
+                errors.append(f"{ref}: no such {'data source' if data else 'resource'}")
+                continue
+            body = table[(rtype, rname)]
+            repeated = "for_each" in body or "count" in body
+            if bool(key) != repeated and not (repeated and not key and not path):
+                errors.append(f"{ref}: {'needs' if repeated else 'cannot take'} an instance key")
+            node: Any = (schema.data_exports if data else schema.exports).get(rtype, {})
+            for attr in re.findall(r"\.(\w+)", path):
+                if not isinstance(node, dict) or attr not in node:
+                    errors.append(f"{ref}: {rtype} has no attribute {attr!r} there")
+                    break
+                node = node[attr]
+    return errors
+
+
+def test_configuration_matches_the_google_provider_schema(
+        tf_config: tfconfig.Config, google_schema: provider_schema.ProviderSchema) -> None:
+    errors = schema_errors(tf_config, google_schema)
+    assert not errors, "\n".join(errors)
+
+
+def test_schema_check_catches_mistakes(tf_config: tfconfig.Config,
+                                       google_schema: provider_schema.ProviderSchema) -> None:
+    """The schema check is not vacuous: typical slips are reported."""
+    broken = tfconfig.load_config()
+    topic = broken.resources[(TOPIC, "topic")]
+    topic["message_retention"] = '"600s"'  # not an argument
+    sub = broken.resources[(SUBSCRIPTION, "push")]
+    sub["retry_policy"] = '"10s"'  # a block written as an argument
+    del broken.resources[("google_firestore_field", "ttl")]["collection"]  # required
+    broken.resources[(FUNCTION, "fn")]["service_config"][0]["timeout"] = "${60}"
+    broken.locals["oops"] = "${google_cloudfunctions2_function.fn[\"api\"].service_config[0].url}"
+    errors = "\n".join(schema_errors(broken, google_schema))
+    assert "unknown argument or block 'message_retention'" in errors
+    assert "'retry_policy' is a block but is written as an argument" in errors
+    assert "required argument 'collection' is missing" in errors
+    assert "service_config: unknown argument or block 'timeout'" in errors
+    assert "has no attribute 'url' there" in errors
+
+
+def test_every_resolvable_reference_points_at_an_existing_instance(
+        deployment: Deployment) -> None:
+    """Like `terraform plan`'s "Invalid index": keys used in references exist."""
+    problems: list[str] = []
+    resolved = 0
+
+    def walk(instance: Instance, body: dict[str, Any]) -> None:
+        nonlocal resolved
+        for key, value in tfconfig.attributes(body):
+            if key in ("depends_on", "dynamic", "for_each", "count", "lifecycle"):
+                continue
+            if tfconfig.is_block(value):
+                for nested in instance.blocks(key):
+                    walk(nested, nested.body)
+                continue
+            try:
+                evaluated = instance.ev.value(value)
+            except Unsupported:
+                continue
+            refs = evaluated.refs if isinstance(evaluated, Template) else (
+                [evaluated] if isinstance(evaluated, Ref) else [])
+            for ref in refs:
+                if ref.data:
+                    continue
+                try:
+                    deployment.resolve(ref)
+                    resolved += 1
+                except AssertionError as error:
+                    problems.append(f"{instance.address}.{key}: {error}")
+        for dynamic in body.get("dynamic", []):
+            for dname, _ in tfconfig.attributes(dynamic):
+                for nested in instance.blocks(tfconfig.label(dname)):
+                    walk(nested, nested.body)
+
+    for rtype, rname in deployment.config.resources:
+        for instance in deployment.instances(rtype, rname).values():
+            walk(instance, instance.body)
+    assert not problems, "\n".join(problems)
+    assert resolved > 50  # the walk really followed the wiring
+
+
+# --- Topology: the same as the code's, from the same catalog -----------------------------
+
+def deployed_topology(deployment: Deployment) -> dict[str, Any]:
+    fns = functions(deployment)
+    by_address = {fn.key: name for name, fn in fns.items()}
+    topics = {t.get("name") for t in deployment.instances(TOPIC, "topic").values()}
+    subscriptions = {}
+    for sub in deployment.instances(SUBSCRIPTION, "push").values():
+        push = sub.block("push_config")
+        endpoint = push.get("push_endpoint")
+        assert isinstance(endpoint, Template), endpoint
+        (target,) = {r.key for r in endpoint.refs}
+        dead_letters = sub.blocks("dead_letter_policy")
+        dlq = deployment.resolve(dead_letters[0].get("dead_letter_topic")).get("name") if (
+            dead_letters) else None
+        subscriptions[sub.get("name")] = (
+            deployment.resolve(sub.get("topic")).get("name"), by_address[target], dlq)
+    return {
+        "topics": topics,
+        "subscriptions": subscriptions,
+        "functions": {name: (fn.block("build_config").get("entry_point"),
+                             plain_env(fn).get("BACKEND")) for name, fn in fns.items()},
+    }
+
+
+def test_topology_is_the_codes_topology(deployment: Deployment) -> None:
+    expected = topology(CATALOG, Settings.model_construct())
+    deployed = deployed_topology(deployment)
+    assert deployed["topics"] == set(expected.topics)
+    assert deployed["subscriptions"] == {
+        s.name: (s.topic, s.function, s.dead_letter_topic) for s in expected.subscriptions}
+    assert deployed["functions"] == {
+        f.name: (f.target, dict(f.env).get("BACKEND")) for f in expected.functions}
+
+
+def test_every_catalog_backend_is_deployed(deployment: Deployment) -> None:
+    """Read backends.yaml directly: each backend has its topic, dead-letter topic,
+    push subscription with a dead-letter policy, and render function."""
+    names = [b["name"] for b in yaml.safe_load((tfconfig.REPO / "backends.yaml").read_text())[
+        "backends"]]
+    deployed = deployed_topology(deployment)
+    fns = functions(deployment)
+    for name in names:
+        topic, dlq = f"render-{name}", f"render-{name}{DEAD_LETTER_SUFFIX}"
+        assert {topic, dlq} <= deployed["topics"], name
+        assert deployed["subscriptions"][topic] == (topic, f"render-{name}", dlq), name
+        fn = fns[f"render-{name}"]
+        assert fn.block("build_config").get("entry_point") == "render"
+        assert plain_env(fn)["BACKEND"] == name
+
+
+def test_a_new_catalog_entry_is_deployed_without_touching_terraform(
+        tf_config: tfconfig.Config, tmp_path: Path) -> None:
+    """The catalog is read with yamldecode, not copied: add an entry, get a backend."""
+    catalog = yaml.safe_load((tfconfig.REPO / "backends.yaml").read_text())
+    extra = dict(catalog["backends"][0], name="runway-gen9-turbo-preview-long-name")
+    catalog["backends"].append(extra)
+    evaluated = tfconfig.evaluate_locals(tf_config, tmp_path, {"project_id": PROJECT},
+                                         catalog=yaml.safe_dump(catalog))
+    deployed = deployed_topology(Deployment(tf_config, evaluated))
+    name = "render-runway-gen9-turbo-preview-long-name"
+    assert deployed["functions"][name] == ("render", extra["name"])
+    assert deployed["subscriptions"][name][2] == f"{name}{DEAD_LETTER_SUFFIX}"
+    ids = evaluated.locals["account_ids"]
+    assert len(set(ids.values())) == len(ids)
+    assert all(re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", i) for i in ids.values()), ids
+
+
+# --- Delivery: dead letters, retries, ack deadlines vs timeouts ----------------------------
+
+def test_subscriptions_dead_letter_retry_and_outlast_their_function(
+        deployment: Deployment) -> None:
+    fns = {fn.key: fn for fn in deployment.instances(FUNCTION, "fn").values()}
+    subs = list(deployment.instances(SUBSCRIPTION, "push").values())
+    assert subs
+    for sub in subs:
+        name = sub.get("name")
+        target = deployment.resolve(sub.block("push_config").block("oidc_token").get("audience"))
+        timeout = target.block("service_config").get("timeout_seconds")
+        ack = sub.get("ack_deadline_seconds")
+        assert timeout < ack <= 600, f"{name}: ack deadline {ack} vs function timeout {timeout}"
+        retry = sub.block("retry_policy")
+        assert (retry.get("minimum_backoff"), retry.get("maximum_backoff")) == ("10s", "600s")
+        assert sub.block("expiration_policy").get("ttl") == "", f"{name} would expire when idle"
+        policies = sub.blocks("dead_letter_policy")
+        if name.endswith(DEAD_LETTER_SUFFIX):
+            assert not policies, f"{name} is on a dead-letter topic: it must not dead-letter"
+        else:
+            (policy,) = policies
+            assert policy.get("max_delivery_attempts") == MAX_DELIVERY_ATTEMPTS
+            assert deployment.resolve(policy.get("dead_letter_topic")).get("name") == (
+                f"{deployment.resolve(sub.get('topic')).get('name')}{DEAD_LETTER_SUFFIX}")
+        assert target.key in fns
+
+
+def test_render_hands_off_before_its_timeout(deployment: Deployment) -> None:
+    for name, fn in functions(deployment).items():
+        if kind(fn) != "render":
+            continue
+        timeout = fn.block("service_config").get("timeout_seconds")
+        deadline = float(plain_env(fn)["AIPROD_RENDER_DEADLINE_S"])
+        assert 0 < deadline <= timeout - 30, f"{name}: hand-off at {deadline}s, timeout {timeout}s"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"functions": {"render": {"timeout_seconds": 600}}}, "ack deadline"),
+    ({"functions": {"render": {"timeout_seconds": 100}}, "render_handoff_margin_seconds": 60},
+     "at least 60 s of rendering"),
+    ({"daily_budget_warn_usd": 150}, "at most daily_budget_usd"),
+    ({"secret_version": "newest"}, "secret_version"),
+    ({"python_runtime": "python311"}, "python_runtime"),
+])
+def test_variables_reject_unsafe_values(tf_config: tfconfig.Config, tmp_path: Path,
+                                        override: dict[str, Any], message: str) -> None:
+    with pytest.raises(tfconfig.TerraformError, match=message):
+        tfconfig.evaluate_locals(tf_config, tmp_path, {"project_id": PROJECT, **override})
+
+
+def test_variables_are_described_and_typed(tf_config: tfconfig.Config) -> None:
+    for name, body in tf_config.variables.items():
+        assert tfconfig.label(body.get("description", "")).strip(), f"var.{name} has no description"
+        assert "type" in body, f"var.{name} has no type"
+
+
+# --- Environment and secrets ---------------------------------------------------------------
+
+def readers(field: str, fns: dict[str, Instance]) -> set[str]:
+    """The deployed functions that read a setting."""
+    if field in SCOPED_TO_KIND:
+        return {n for n, fn in fns.items() if kind(fn) == SCOPED_TO_KIND[field]}
+    for provider in {b.provider for b in CATALOG.backends}:
+        if field.startswith(f"{provider}_"):
+            return {n for n, fn in fns.items() if kind(fn) == "render"
+                    and CATALOG.get(str(backend_of(fn))).provider == provider}
+    return set(fns)
+
+
+def test_every_setting_is_set_where_it_is_read_or_deliberately_defaulted(
+        deployment: Deployment) -> None:
+    fns = functions(deployment)
+    assert {"api", "intake", "dead-letter"} <= set(fns)
+    known = {env_name(f) for f in Settings.model_fields}
+    assert set(DEFAULTED) <= set(Settings.model_fields), "DEFAULTED names an unknown setting"
+    problems: list[str] = []
+    for field in Settings.model_fields:
+        name = env_name(field)
+        wanted = readers(field, fns)
+        for fn_name, fn in fns.items():
+            plain, secret = plain_env(fn), secret_env(fn)
+            is_set = name in plain or name in secret
+            if field in DEFAULTED:
+                if is_set:
+                    problems.append(f"{fn_name}: {name} is set but listed as DEFAULTED")
+            elif fn_name in wanted and not is_set:
+                problems.append(f"{fn_name}: reads {name} but it is not set")
+            elif fn_name not in wanted and is_set:
+                problems.append(f"{fn_name}: {name} is set on a function that does not read it")
+    for fn_name, fn in fns.items():
+        for name in set(plain_env(fn)) | set(secret_env(fn)):
+            if name not in known:
+                problems.append(f"{fn_name}: {name} is not a setting the code reads (typo?)")
+    assert not problems, "\n".join(problems)
+
+
+def test_values_match_what_the_code_expects(deployment: Deployment, evaluated:
+                                            tfconfig.Evaluated) -> None:
+    defaults = Settings.model_construct()
+    bucket = deployment.instances("google_storage_bucket", "outputs")[None].get("name")
+    for name, fn in functions(deployment).items():
+        env = plain_env(fn)
+        assert env["GOOGLE_CLOUD_PROJECT"] == PROJECT, name
+        assert env["AIPROD_INTAKE_TOPIC"] == defaults.intake_topic, name
+        assert env["AIPROD_EVENTS_TOPIC"] == defaults.events_topic, name
+        assert env["AIPROD_OUTPUT_URI"] == f"gs://{bucket}/outputs", name
+        assert env["AIPROD_FIRESTORE_DATABASE"] == deployment.instances(
+            "google_firestore_database", "main")[None].get("name")
+        settings = Settings.model_validate({k: v for k, v in env.items()})
+        assert settings.daily_budget_usd == evaluated.vars["daily_budget_usd"]
+
+
+def test_no_secret_is_a_plain_variable(deployment: Deployment, tf_config: tfconfig.Config) -> None:
+    secret_names = {env_name(f) for f in Settings.model_fields if is_secret(f)}
+    secret_names |= set(deployment.evaluated.locals["secrets"].values())
+    assert {"AIPROD_RUNWAY_API_KEY", "AIPROD_REPLICATE_API_TOKEN"} <= secret_names
+    for name, fn in functions(deployment).items():
+        leaked = {k for k in plain_env(fn) if k in secret_names or SECRET_NAME.search(k)}
+        assert not leaked, f"{name} has secrets as plain variables: {leaked}"
+        for key, secret in secret_env(fn).items():
+            resolved = deployment.resolve(secret)
+            assert resolved.type == "google_secret_manager_secret", (name, key)
+    # Secret values never pass through Terraform (state, tfvars).
+    assert not [k for k in tf_config.resources if k[0] == "google_secret_manager_secret_version"]
+
+
+def test_each_render_function_gets_only_its_providers_secret(deployment: Deployment) -> None:
+    wanted = {"runway": {"AIPROD_RUNWAY_API_KEY"}, "replicate": {"AIPROD_REPLICATE_API_TOKEN"},
+              "veo": set()}
+    for name, fn in functions(deployment).items():
+        expected = wanted[CATALOG.get(str(backend_of(fn))).provider] if kind(fn) == "render" \
+            else set()
+        assert set(secret_env(fn)) == expected, name
+
+
+# --- Identity and least privilege ----------------------------------------------------------
+
+def members(deployment: Deployment, rtype: str, rname: str) -> list[tuple[Instance, Any]]:
+    return [(i, i.get("member")) for i in deployment.instances(rtype, rname).values()]
+
+
+def account_of(deployment: Deployment, member: Any) -> str:
+    """runtime/<function>, invoker/<function>, build, or the literal member."""
+    if isinstance(member, Ref) and member.type == "google_service_account":
+        return f"{member.name}/{member.key}" if member.key is not None else member.name
+    return str(member)
+
+
+def test_each_function_has_its_own_service_account(deployment: Deployment) -> None:
+    accounts = {}
+    for name, fn in functions(deployment).items():
+        ref = fn.block("service_config").get("service_account_email")
+        assert isinstance(ref, Ref), name
+        assert (ref.type, ref.name, ref.key) == ("google_service_account", "runtime", fn.key)
+        accounts[name] = deployment.resolve(ref).get("account_id")
+    assert len(set(accounts.values())) == len(accounts)
+
+
+def test_push_subscriptions_may_invoke_their_own_function_only(deployment: Deployment) -> None:
+    invokers: dict[str, set[str]] = {}
+    for binding in deployment.all_of_type("google_cloud_run_v2_service_iam_member"):
+        assert binding.get("role") == "roles/run.invoker"
+        service = binding.get("name")
+        target = deployment.resolve(service).key
+        invokers.setdefault(account_of(deployment, binding.get("member")), set()).add(target)
+    fns = functions(deployment)
+    for name, fn in fns.items():
+        ingress = fn.block("service_config").get("ingress_settings")
+        if kind(fn) == "api":
+            assert ingress == "ALLOW_ALL"
+            continue
+        assert ingress == "ALLOW_INTERNAL_ONLY", f"{name} must not be reachable from the internet"
+        assert not [m for m, targets in invokers.items() if name in targets
+                    and not m.startswith("invoker/")], f"{name} is invocable by others"
+    for sub in deployment.instances(SUBSCRIPTION, "push").values():
+        oidc = sub.block("push_config").block("oidc_token")
+        account = account_of(deployment, oidc.get("service_account_email"))
+        target = deployment.resolve(oidc.get("audience")).key
+        assert invokers.get(account) == {target}, f"{sub.get('name')}: {account} invokes " \
+            f"{invokers.get(account)}"
+    assert invokers.get("allUsers", {"api"}) == {"api"}
+
+
+def test_roles_are_the_least_each_function_needs(deployment: Deployment) -> None:
+    fns = functions(deployment)
+    project_roles: dict[str, set[str]] = {}
+    for binding in deployment.all_of_type("google_project_iam_member"):
+        project_roles.setdefault(account_of(deployment, binding.get("member")), set()).add(
+            binding.get("role"))
+    for account, roles in project_roles.items():
+        assert not roles & {"roles/owner", "roles/editor", "roles/viewer"}, account
+    for name, fn in fns.items():
+        expected = {"roles/datastore.user"}
+        if kind(fn) == "render" and CATALOG.get(str(backend_of(fn))).provider == "veo":
+            expected.add("roles/aiplatform.user")
+        assert project_roles.pop(f"runtime/{name}") == expected, name
+    assert project_roles == {"build": {"roles/run.builder"}}
+
+    published: dict[str, set[str]] = {}
+    for binding in deployment.instances("google_pubsub_topic_iam_member", "publisher").values():
+        assert binding.get("role") == "roles/pubsub.publisher"
+        account = account_of(deployment, binding.get("member"))
+        topic = deployment.resolve(binding.get("topic")).get("name")
+        published.setdefault(account, set()).add(topic)
+    render_topics = {b.topic for b in CATALOG.backends}
+    assert published["runtime/dead-letter"] == {"job-events"}
+    for name in ("api", "intake", *(f"render-{b.name}" for b in CATALOG.backends)):
+        assert published[f"runtime/{name}"] == render_topics | {"job-events"}, name
+
+    accessors = {}
+    for binding in deployment.instances("google_secret_manager_secret_iam_member",
+                                        "accessor").values():
+        assert binding.get("role") == "roles/secretmanager.secretAccessor"
+        accessors.setdefault(account_of(deployment, binding.get("member")), set()).add(
+            deployment.resolve(binding.get("secret_id")).key)
+    for name, fn in fns.items():
+        used = {deployment.resolve(s).key for s in secret_env(fn).values()}
+        assert accessors.get(f"runtime/{name}", set()) == used, name
+
+    bucket_roles = {account_of(deployment, b.get("member")): b.get("role")
+                    for b in deployment.instances("google_storage_bucket_iam_member",
+                                                  "outputs").values()}
+    assert bucket_roles.pop("runtime/api") == "roles/storage.objectViewer"
+    assert bucket_roles == {f"runtime/render-{b.name}": "roles/storage.objectUser"
+                            for b in CATALOG.backends}
+
+
+def test_pubsub_service_agent_can_dead_letter(deployment: Deployment) -> None:
+    agent = ("serviceAccount:service-${data.google_project.this.number}"
+             "@gcp-sa-pubsub.iam.gserviceaccount.com")
+    publishers = {deployment.resolve(b.get("topic")).get("name")
+                  for b in deployment.instances("google_pubsub_topic_iam_member",
+                                                "dead_letter_publisher").values()
+                  if str(b.get("member")) == agent and b.get("role") == "roles/pubsub.publisher"}
+    subscribers = {deployment.resolve(b.get("subscription")).get("name")
+                   for b in deployment.instances("google_pubsub_subscription_iam_member",
+                                                 "dead_letter_subscriber").values()
+                   if str(b.get("member")) == agent and b.get("role") == "roles/pubsub.subscriber"}
+    for sub in deployment.instances(SUBSCRIPTION, "push").values():
+        for policy in sub.blocks("dead_letter_policy"):
+            assert deployment.resolve(policy.get("dead_letter_topic")).get("name") in publishers
+            assert sub.get("name") in subscribers
+
+
+# --- Data ------------------------------------------------------------------------------
+
+def test_firestore_ttl_policies(deployment: Deployment) -> None:
+    fields = {(f.get("collection"), f.get("field")): f
+              for f in deployment.instances("google_firestore_field", "ttl").values()}
+    assert set(fields) == {("idempotency_keys", "expires_at"), ("events", "expires_at")}
+    for field in fields.values():
+        assert field.blocks("ttl_config"), field.address
+        assert deployment.resolve(field.get("database")).type == "google_firestore_database"
+
+
+def test_output_bucket_is_private_uniform_and_expires_outputs(deployment: Deployment) -> None:
+    bucket = deployment.instances("google_storage_bucket", "outputs")[None]
+    assert bucket.get("uniform_bucket_level_access") is True
+    assert bucket.get("public_access_prevention") == "enforced"
+    deletes = [r for r in bucket.blocks("lifecycle_rule")
+               if r.block("action").get("type") == "Delete"]
+    assert [r.block("condition").get("age") for r in deletes] == [30]
+
+
+def test_monitoring_reads_monitoring_yaml(tf_config: tfconfig.Config, tmp_path: Path) -> None:
+    yaml_text = "metrics: [{name: jobs_finished}]\nalerts: []\nslos: []\n"
+    evaluated = tfconfig.evaluate_locals(tf_config, tmp_path, {"project_id": PROJECT},
+                                         monitoring=yaml_text)
+    assert evaluated.locals["monitoring"]["metrics"] == [{"name": "jobs_finished"}]
+    with pytest.raises(tfconfig.TerraformError, match=r"(?i)yaml"):
+        tfconfig.evaluate_locals(tf_config, tmp_path / "bad", {"project_id": PROJECT},
+                                 monitoring="metrics: [unclosed\n")
+
+
+def test_outputs(tf_config: tfconfig.Config) -> None:
+    assert {"api_url", "intake_topic", "events_topic", "topics", "output_bucket"} <= set(
+        tf_config.outputs)
