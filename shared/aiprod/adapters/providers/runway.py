@@ -1,0 +1,141 @@
+"""Runway developer API client, through the official `runwayml` SDK.
+
+Creates are sent once (max_retries=0): the SDK would otherwise resend a
+create after a timeout, and a second task would be billed. Polls and cancels
+are idempotent, so they keep the SDK's own short retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import runwayml
+from runwayml import RunwayML
+from runwayml.types.task_retrieve_response import Cancelled, Failed, Running, Succeeded
+
+from aiprod.adapters.providers import (
+    clip,
+    download_output,
+    not_configured,
+    retry_after_s,
+    status_class,
+    transport_error,
+)
+from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
+from aiprod.config import Settings
+from aiprod.domain.job import ErrorClass
+
+logger = logging.getLogger(__name__)
+
+USD_PER_CREDIT = 0.01
+POLL_RETRIES = 2
+# Runway names output sizes, not shapes; these are gen4.5's (and most models') sizes.
+RATIOS = {"16:9": "1280:720", "9:16": "720:1280", "1:1": "960:960"}
+
+
+def failure_class(failure_code: str | None) -> ErrorClass:
+    """Our class for a FAILED task's failureCode (docs.dev.runwayml.com/errors/task-failures)."""
+    code = failure_code or ""
+    if code.startswith(("SAFETY.", "INPUT_PREPROCESSING.SAFETY")):
+        return ErrorClass.CONTENT_REFUSED
+    if code.startswith("ASSET.INVALID"):
+        return ErrorClass.INVALID_INPUT
+    return ErrorClass.BACKEND  # INTERNAL.*, INPUT_PREPROCESSING.INTERNAL, unknown codes
+
+
+def _api_error(exc: runwayml.RunwayMLError, *, create: bool) -> ProviderError:
+    """Classify anything the SDK raised."""
+    if isinstance(exc, runwayml.APIStatusError):
+        body = exc.body
+        message = body.get("error", exc.message) if isinstance(body, dict) else exc.message
+        return ProviderError(status_class(exc.status_code), f"http_{exc.status_code}",
+                             clip(message), retry_after_s=retry_after_s(exc.response.headers))
+    if isinstance(exc, runwayml.APIConnectionError):
+        cause = exc.__cause__
+        if isinstance(cause, httpx.HTTPError):
+            return transport_error(cause, create=create)
+        if isinstance(exc, runwayml.APITimeoutError):
+            return transport_error(httpx.ReadTimeout(str(exc)), create=create)
+        return transport_error(httpx.RemoteProtocolError(str(exc)), create=create)
+    # A reply the SDK could not read: on a create, the task may exist.
+    return ProviderError(ErrorClass.UNKNOWN if create else ErrorClass.TRANSIENT,
+                         "unreadable_response", clip(exc))
+
+
+class RunwayProvider:
+    """VideoProvider for Runway (text_to_video, image_to_video, tasks)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._timeout_s = settings.create_timeout_s
+        key = settings.runway_api_key.get_secret_value()
+        self._client: RunwayML | None = None
+        if key:
+            self._client = RunwayML(api_key=key, base_url=settings.runway_base_url,
+                                    max_retries=0, timeout=settings.create_timeout_s)
+
+    def _sdk(self, retries: int = 0) -> RunwayML:
+        if self._client is None:
+            raise not_configured("AIPROD_RUNWAY_API_KEY")
+        return self._client if retries == 0 else self._client.with_options(max_retries=retries)
+
+    def create(self, spec: RenderSpec) -> str:
+        ratio = RATIOS.get(spec.aspect_ratio)
+        if ratio is None:
+            raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_aspect_ratio",
+                                f"Runway has no size for aspect ratio {spec.aspect_ratio}")
+        params: dict[str, Any] = {"model": spec.model, "ratio": ratio,
+                                  "duration": spec.duration_seconds}
+        if spec.prompt:
+            params["prompt_text"] = spec.prompt
+        if spec.audio and spec.model.startswith("veo3.1"):
+            params["audio"] = True
+        client = self._sdk()
+        try:
+            if spec.image_url:
+                if not spec.image_url.startswith(("https://", "data:image/")):
+                    raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_image_url",
+                                        "Runway takes the image as an https URL or a data URI")
+                created = client.image_to_video.create(prompt_image=spec.image_url, **params)
+            else:
+                created = client.text_to_video.create(**params)
+        except runwayml.RunwayMLError as exc:
+            raise _api_error(exc, create=True) from exc
+        return created.id
+
+    def poll(self, task_id: str) -> TaskStatus:
+        try:
+            task = self._sdk(POLL_RETRIES).tasks.retrieve(task_id)
+        except runwayml.RunwayMLError as exc:
+            raise _api_error(exc, create=False) from exc
+        if isinstance(task, Succeeded):
+            if not task.output:
+                return TaskStatus(TaskState.FAILED, error=ProviderError(
+                    ErrorClass.BACKEND, "no_output", "the task succeeded without an output URL"))
+            credits = task.cost.credits if getattr(task, "cost", None) else None
+            return TaskStatus(TaskState.SUCCEEDED, progress=1.0, output_url=task.output[0],
+                              cost_usd=credits * USD_PER_CREDIT if credits is not None else None)
+        if isinstance(task, Failed):
+            code = task.failure_code or "FAILED"
+            return TaskStatus(TaskState.FAILED, error=ProviderError(
+                failure_class(task.failure_code), code, clip(task.failure)))
+        if isinstance(task, Cancelled):
+            return TaskStatus(TaskState.CANCELLED)
+        if isinstance(task, Running):
+            return TaskStatus(TaskState.RUNNING, progress=task.progress)
+        return TaskStatus(TaskState.RUNNING, progress=0.0)  # PENDING, THROTTLED
+
+    def cancel(self, task_id: str) -> None:
+        """DELETE the task: cancels it if it runs (best effort; failures are logged)."""
+        try:
+            self._sdk(POLL_RETRIES).tasks.delete(task_id)
+        except runwayml.RunwayMLError as exc:
+            logger.warning("runway: cancelling task %s failed: %s", task_id,
+                           _api_error(exc, create=False))
+        except ProviderError as exc:
+            logger.warning("runway: cancelling task %s failed: %s", task_id, exc)
+
+    def download(self, status: TaskStatus, dest: Path) -> None:
+        download_output(status, dest, self._timeout_s)
