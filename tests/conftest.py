@@ -22,6 +22,7 @@ from aiprod.localstack import control
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
 CIRCUIT_COOLDOWN_S = 3
+RENDER_DEADLINE_S = 3
 
 
 @dataclass
@@ -147,8 +148,11 @@ def running_stack(state_dir: Path, **settings: str) -> Iterator[LocalStack]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     # A short circuit cool-down, so tests can watch a circuit close again.
+    # A short render deadline, so long renders hand off to continuations in seconds.
     with running_stack(tmp_path_factory.mktemp("stack"),
-                       AIPROD_CIRCUIT_COOLDOWN_S=str(CIRCUIT_COOLDOWN_S)) as started:
+                       AIPROD_CIRCUIT_COOLDOWN_S=str(CIRCUIT_COOLDOWN_S),
+                       AIPROD_RENDER_DEADLINE_S=str(RENDER_DEADLINE_S),
+                       AIPROD_CREATE_TIMEOUT_S="3") as started:
         saved = {k: os.environ.get(k) for k in started.state["env"]}
         os.environ.update(started.state["env"])
         try:

@@ -23,6 +23,7 @@ from aiprod.domain.views import public_job
 from aiprod.problems import PROBLEM_CONTENT_TYPE, Problem, invalid_request, malformed_json
 from aiprod.runtime import Runtime
 from aiprod.services import admission, budget
+from aiprod.services import cancel as cancellation
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,18 @@ def get_job(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
     return _json(public_job(job, download_url))
 
 
+def cancel_job(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
+    try:
+        job = cancellation.cancel_job(rt, args["job_id"])
+    except cancellation.NotCancellable as ended:
+        raise Problem(409, "job-already-ended", "The job already ended",
+                      f"job {ended.job.id} already ended {ended.job.status.value}; "
+                      "there is nothing to cancel", status_now=ended.job.status.value) from None
+    if job is None:
+        raise Problem(404, "job-not-found", "No such job", f"there is no job {args['job_id']}")
+    return _json(public_job(job))
+
+
 def get_quote(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
     params: dict[str, Any] = dict(request.args)
     if "metadata" in params:
@@ -157,6 +170,7 @@ def healthz(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
 ROUTES: dict[str, Handler] = {
     "create_job": create_job,
     "get_job": get_job,
+    "cancel_job": cancel_job,
     "get_quote": get_quote,
     "list_backends": list_backends,
     "get_budget": get_budget,
@@ -166,6 +180,7 @@ ROUTES: dict[str, Handler] = {
 URL_MAP = Map([
     Rule("/v1/jobs", methods=["POST"], endpoint="create_job"),
     Rule("/v1/jobs/<job_id>", methods=["GET"], endpoint="get_job"),
+    Rule("/v1/jobs/<job_id>:cancel", methods=["POST"], endpoint="cancel_job"),
     Rule("/v1/quote", methods=["GET"], endpoint="get_quote"),
     Rule("/v1/backends", methods=["GET"], endpoint="list_backends"),
     Rule("/v1/budget", methods=["GET"], endpoint="get_budget"),

@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlparse
 
 import click
@@ -20,10 +20,11 @@ from rich.table import Table
 from aiprod.catalog import load_catalog
 from aiprod.localstack import control
 from aiprod.localstack.stack import DEFAULT_PORT_BASE
+from aiprod.sim.core import FaultMode
 
 console = Console()
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
-FAULT_MODES = ["ok", "error", "throttle", "moderation", "fail", "hang", "slow"]
+FAULT_MODES = list(get_args(FaultMode))
 
 
 def _state_dir() -> Path:

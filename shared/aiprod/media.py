@@ -86,7 +86,7 @@ def frame_dimensions(aspect_ratio: str, short_side: int) -> tuple[int, int]:
 
 
 def render_test_video(duration_s: float, aspect_ratio: str, *, fps: int = 24,
-                      height: int = 144, label: str = "") -> bytes:
+                      height: int = 144, label: str = "", blank: bool = False) -> bytes:
     """A playable H.264 MP4 of exactly round(duration_s * fps) moving frames.
 
     `height` is the shorter side: "16:9" gives 256x144 and "9:16" 144x256 at 144.
@@ -95,7 +95,8 @@ def render_test_video(duration_s: float, aspect_ratio: str, *, fps: int = 24,
     running clock and frame counter), so every frame differs from the last and
     none is flat. `label` is written as the MP4 title. The moov atom is at the
     end: `+faststart` needs FFmpeg to reopen the output by name, which an
-    in-memory file cannot do.
+    in-memory file cannot do. `blank` makes every frame one flat colour instead
+    (a broken render, for testing the output check).
     """
     frames = round(duration_s * fps)
     if frames < 1:
@@ -103,7 +104,8 @@ def render_test_video(duration_s: float, aspect_ratio: str, *, fps: int = 24,
     width, frame_height = frame_dimensions(aspect_ratio, height)
 
     graph = av.filter.Graph()
-    source = graph.add("testsrc2", f"size={width}x{frame_height}:rate={fps}")
+    source = (graph.add("color", f"c=black:size={width}x{frame_height}:rate={fps}") if blank
+              else graph.add("testsrc2", f"size={width}x{frame_height}:rate={fps}"))
     to_yuv = graph.add("format", "pix_fmts=yuv420p")
     sink = graph.add("buffersink")
     source.link_to(to_yuv)

@@ -159,14 +159,20 @@ class FailureOutcome:
 
 def fail_attempt(job: Job, index: int, error: AttemptError, now: dt.datetime,
                  fallback_on_refusal: bool = False,
-                 status: AttemptStatus = AttemptStatus.FAILED) -> FailureOutcome:
-    """End an attempt without output, and move the job to its next backend or end it."""
+                 status: AttemptStatus = AttemptStatus.FAILED,
+                 cost_usd: float = 0.0) -> FailureOutcome:
+    """End an attempt without output, and move the job to its next backend or end it.
+
+    `cost_usd` is what the provider charged for it anyway (a rendered video that
+    failed our check); refusals and failed renders cost nothing."""
     attempt = job.attempts[index]
     if attempt.status.terminal or job.status.terminal:
         return FailureOutcome(False, None)
     attempt.status = status
     attempt.ended_at = now
     attempt.error = error
+    attempt.cost_usd = cost_usd
+    job.cost_usd = round(sum(a.cost_usd for a in job.attempts), 6)
     job.updated_at = now
     following = next_backend(job) if falls_back(error.error_class, fallback_on_refusal) else None
     if following is None:
@@ -176,6 +182,28 @@ def fail_attempt(job: Job, index: int, error: AttemptError, now: dt.datetime,
             if a.error is not None)
         job.status_reason = f"no backend rendered the job ({tried})"
     return FailureOutcome(True, following)
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    changed: bool
+    open_attempt: int | None  # the attempt whose provider task should be stopped
+
+
+def cancel(job: Job, reason: str, now: dt.datetime) -> Cancellation:
+    """End a job at the caller's request; its open attempt ends with it."""
+    if job.status.terminal:
+        return Cancellation(False, None)
+    open_attempt = None
+    for index, attempt in enumerate(job.attempts):
+        if not attempt.status.terminal:
+            attempt.status = AttemptStatus.CANCELLED
+            attempt.ended_at = now
+            open_attempt = index
+    job.status = JobStatus.CANCELLED
+    job.status_reason = reason
+    job.updated_at = now
+    return Cancellation(True, open_attempt)
 
 
 def fail_job(job: Job, reason: str, now: dt.datetime) -> bool:

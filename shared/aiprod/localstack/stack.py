@@ -117,23 +117,25 @@ class Stack:
                 url=f"http://127.0.0.1:{port}",
                 ready_url=f"http://127.0.0.1:{port}/_sim/stats",
                 log_path=self.logs / f"sim-{provider}.log")
-        self.function_env = self.env | LOCAL_CREDENTIALS | {
-            "AIPROD_RUNWAY_BASE_URL": self.simulators["runway"].url,
-            "AIPROD_REPLICATE_BASE_URL": self.simulators["replicate"].url,
-            "AIPROD_VEO_BASE_URL": self.simulators["veo"].url,
-            "AIPROD_OUTPUT_URI": (self.state_dir / "store").as_uri(),
+        # Quick local tunables; the operator's AIPROD_* variables override them; the
+        # stack's own wiring (emulators, simulators, credentials, storage) wins last.
+        tunables = {
             "AIPROD_POLL_INTERVAL_S": str(options.poll_interval_s),
             "AIPROD_CREATE_TIMEOUT_S": "10",
             "AIPROD_TRANSIENT_RETRY_INITIAL_S": "0.2",
             "AIPROD_TRANSIENT_RETRY_BUDGET_S": "2",
             "AIPROD_RENDER_DEADLINE_S": "60",
+        }
+        passed = {k: v for k, v in os.environ.items()
+                  if k.startswith("AIPROD_") and not k.startswith("AIPROD_DEV_")}
+        self.function_env = tunables | passed | self.env | LOCAL_CREDENTIALS | {
+            "AIPROD_RUNWAY_BASE_URL": self.simulators["runway"].url,
+            "AIPROD_REPLICATE_BASE_URL": self.simulators["replicate"].url,
+            "AIPROD_VEO_BASE_URL": self.simulators["veo"].url,
+            "AIPROD_OUTPUT_URI": (self.state_dir / "store").as_uri(),
             "AIPROD_CATALOG": str(REPO_ROOT / "backends.yaml"),
             "PYTHONUNBUFFERED": "1",
         }
-        # Operators' settings pass through (budget, circuit, ...); the stack's own win.
-        passed = {k: v for k, v in os.environ.items()
-                  if k.startswith("AIPROD_") and not k.startswith("AIPROD_DEV_")}
-        self.function_env = passed | self.function_env
         self.settings = Settings()
         self.topology = topology(self.catalog, self.settings)
         functions_framework = str(Path(sys.executable).parent / "functions-framework")

@@ -49,7 +49,7 @@ def close(rt: Runtime, job: Job, index: int) -> None:
     if attempt.reservation_day is None or not attempt.status.terminal:
         return
     rid = reservation_id(job, index)
-    if attempt.status is AttemptStatus.SUCCEEDED:
+    if attempt.status is AttemptStatus.SUCCEEDED or attempt.cost_usd > 0:
         if rt.ledger.settle(attempt.reservation_day, rid, budget.to_micros(attempt.cost_usd)):
             log(logger, logging.INFO, "budget settled", job_id=job.id, cost_usd=attempt.cost_usd)
             check_thresholds(rt, attempt.reservation_day)

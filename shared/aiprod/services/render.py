@@ -20,7 +20,7 @@ from aiprod import media
 from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
 from aiprod.catalog import Backend
 from aiprod.domain import health as health_policy
-from aiprod.domain import lifecycle, pricing
+from aiprod.domain import lifecycle, pricing, quality
 from aiprod.domain.events import EventType
 from aiprod.domain.job import AttemptError, AttemptStatus, ErrorClass, Job, JobStatus, Output
 from aiprod.domain.lifecycle import ClaimKind
@@ -158,6 +158,8 @@ def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task
                      deadline: float) -> None:
     provider = rt.provider(backend.name)
     while True:
+        if _ended_elsewhere(rt, message):
+            return
         try:
             status = provider.poll(task_id)
         except ProviderError as error:
@@ -194,8 +196,24 @@ def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task
         rt.sleep(rt.settings.poll_interval_s)
 
 
+def _ended_elsewhere(rt: Runtime, message: RenderMessage) -> bool:
+    """The job was cancelled (or otherwise ended) while we rendered: stop, record nothing."""
+    job = rt.store.get(message.job_id)
+    if job is None or job.status.terminal or job.attempts[message.attempt].status.terminal:
+        log(logger, logging.INFO, "render stopped: the job ended elsewhere",
+            job_id=message.job_id, attempt=message.attempt)
+        return True
+    return False
+
+
 def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: TaskStatus) -> None:
+    """Copy the output into our storage at once (provider URLs expire), check it,
+    and end the job with it."""
     provider = rt.provider(backend.name)
+    job = rt.store.get(message.job_id)
+    if job is None or job.status.terminal:
+        return
+    request = job.request
     with tempfile.TemporaryDirectory(prefix="aiprod-") as tmp:
         path = Path(tmp) / "output.mp4"
         try:
@@ -207,18 +225,29 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
             gate.strike(rt, backend.name, failure)
             _fail(rt, message.job_id, message.attempt, failure)
             return
-        data = path.read_bytes()
+        billed_seconds = min(request.duration_seconds, max(1, round(info.duration_s)))
+        cost = status.cost_usd if status.cost_usd is not None else pricing.estimate_usd(
+            backend, billed_seconds, request.audio)
+        verdict = quality.check(
+            quality.Observed(info.width, info.height, info.duration_s, info.blank_fraction,
+                             info.frozen_fraction),
+            request.duration_seconds, request.aspect_ratio.value, backend.quality)
+        if not verdict.passed:
+            failure = AttemptError(error_class=ErrorClass.OUTPUT_CHECK, code="output_check_failed",
+                                   message="the output " + "; ".join(verdict.problems))
+            gate.strike(rt, backend.name, failure)
+            _fail(rt, message.job_id, message.attempt, failure, cost_usd=cost)
+            return
+        digest = hashlib.sha256()
+        with path.open("rb") as data:
+            for chunk in iter(lambda: data.read(1024 * 1024), b""):
+                digest.update(chunk)
+        size = path.stat().st_size
         uri = rt.outputs.put(path, f"jobs/{message.job_id}/output.mp4", OUTPUT_CONTENT_TYPE)
-    job = rt.store.get(message.job_id)
-    assert job is not None
-    billed_seconds = min(job.request.duration_seconds, max(1, round(info.duration_s)))
-    cost = status.cost_usd if status.cost_usd is not None else pricing.estimate_usd(
-        backend, billed_seconds, job.request.audio)
     output = Output(uri=uri, mime_type=OUTPUT_CONTENT_TYPE, duration_seconds=info.duration_s,
-                    width=info.width, height=info.height, bytes=len(data),
-                    sha256=hashlib.sha256(data).hexdigest())
+                    width=info.width, height=info.height, bytes=size, sha256=digest.hexdigest())
     done = rt.store.mutate(message.job_id, lambda j: lifecycle.succeed(
-        j, message.attempt, output, cost, backend.quality, rt.clock()))
+        j, message.attempt, output, cost, verdict.score, rt.clock()))
     if done is None:
         return
     job, changed = done
@@ -231,10 +260,12 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
 
 
 def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError,
-          skipped: bool = False) -> None:
+          skipped: bool = False, cost_usd: float = 0.0) -> None:
+    """End the attempt; `cost_usd` is what the provider charged anyway (a render
+    that failed our check was still rendered)."""
     status = AttemptStatus.SKIPPED if skipped else AttemptStatus.FAILED
     done = rt.store.mutate(job_id, lambda j: lifecycle.fail_attempt(
-        j, index, error, rt.clock(), rt.settings.fallback_on_refusal, status))
+        j, index, error, rt.clock(), rt.settings.fallback_on_refusal, status, cost_usd))
     if done is None:
         return
     job, outcome = done

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import random
 import time
@@ -29,12 +30,13 @@ from starlette.types import Receive, Scope, Send
 
 from aiprod import media
 
-FaultMode = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow"]
+FaultMode = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow", "blank"]
 # What a create call can end as: a fault mode, or refused before any fault is drawn.
-Outcome = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow",
+Outcome = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow", "blank",
                   "invalid", "unauthenticated"]
 # The modes that create a provider task (the others answer the create call with an error).
-TASK_MODES: frozenset[str] = frozenset({"ok", "moderation", "fail", "hang", "slow"})
+# `blank` succeeds with a video of flat black frames (a broken render).
+TASK_MODES: frozenset[str] = frozenset({"ok", "moderation", "fail", "hang", "slow", "blank"})
 Phase = Literal["pending", "running", "succeeded", "moderation", "fail", "cancelled"]
 
 DEFAULT_LATENCY_S = 1.0
@@ -166,7 +168,7 @@ class ProviderSim(ABC):
         self.tasks: dict[str, SimTask] = {}
         self.closing = False
         self._rng = random.Random(seed)
-        self._videos: dict[tuple[float, str], bytes] = {}
+        self._videos: dict[tuple[float, str, bool], bytes] = {}
         self._video_lock = asyncio.Lock()
 
     # -- the provider's wire format --------------------------------------------------------
@@ -281,12 +283,12 @@ class ProviderSim(ABC):
 
     async def video(self, task: SimTask) -> bytes:
         """The task's rendered MP4, made once per (duration, ratio) in a worker thread."""
-        key = (task.spec.duration_s, task.spec.render_ratio)
+        key = (task.spec.duration_s, task.spec.render_ratio, task.outcome == "blank")
         async with self._video_lock:
             if key not in self._videos:
-                self._videos[key] = await run_in_threadpool(
-                    media.render_test_video, key[0], key[1],
-                    label=f"aiprod {self.provider} simulator {key[0]:g}s {key[1]}")
+                self._videos[key] = await run_in_threadpool(functools.partial(
+                    media.render_test_video, key[0], key[1], blank=key[2],
+                    label=f"aiprod {self.provider} simulator {key[0]:g}s {key[1]}"))
             return self._videos[key]
 
     def file_url(self, request: Request, task: SimTask, query: str = "") -> str:
