@@ -152,7 +152,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with running_stack(tmp_path_factory.mktemp("stack"),
                        AIPROD_CIRCUIT_COOLDOWN_S=str(CIRCUIT_COOLDOWN_S),
                        AIPROD_RENDER_DEADLINE_S=str(RENDER_DEADLINE_S),
-                       AIPROD_CREATE_TIMEOUT_S="3") as started:
+                       AIPROD_CREATE_TIMEOUT_S="3",
+                       AIPROD_UNKNOWN_OUTCOME_WAIT_S="8") as started:
         saved = {k: os.environ.get(k) for k in started.state["env"]}
         os.environ.update(started.state["env"])
         try:

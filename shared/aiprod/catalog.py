@@ -78,6 +78,8 @@ class Price(_Strict):
 class Limits(_Strict):
     max_prompt_chars: int = Field(gt=0)
     max_image_data_uri_bytes: int = Field(gt=0)
+    # Past this, a task the provider may have started has surely ended.
+    task_timeout_s: int = Field(gt=0)
 
 
 class Backend(_Strict):

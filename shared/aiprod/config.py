@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     poll_interval_s: float = 5.0
     render_deadline_s: float = 480.0  # hand off to a continuation before the function timeout
     create_timeout_s: float = 60.0
+    # After a create call whose outcome is unknown, how long to wait before falling
+    # back when the provider cannot be searched; empty: the catalog's task_timeout_s.
+    unknown_outcome_wait_s: float | None = None
     transient_retry_initial_s: float = 1.0
     transient_retry_budget_s: float = 30.0
     fallback_on_refusal: bool = False  # a refused prompt is refused everywhere
@@ -57,6 +60,16 @@ class Settings(BaseSettings):
     veo_base_url: str = ""  # empty: Google's regional endpoint
     veo_location: str = "us-central1"
     veo_access_token: SecretStr = SecretStr("")  # empty: Application Default Credentials
+
+    # Callers: requests per minute for an API key created without its own --rpm.
+    default_rate_limit_rpm: int = 600
+
+    # Webhooks (the notifier signs them; admission checks their addresses).
+    webhook_signing_key: SecretStr = SecretStr("")  # whsec_<base64>, from Secret Manager
+    webhook_timeout_s: float = 10.0
+    # Development only: comma-separated hosts exempt from the address rules (and
+    # allowed plain http), e.g. 127.0.0.1 for a local receiver. Production: empty.
+    webhook_allow_hosts: str = ""
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path)

@@ -101,3 +101,41 @@ def test_a_blank_output_fails_the_check_and_the_job_falls_back(local: LocalStack
     assert first["cost_usd"] > 0  # the provider rendered it, so it was charged
     assert second["backend"] == "runway-gen45"
     assert done["quality_score"] == pytest.approx(0.9)
+
+
+def test_a_create_cut_off_on_a_searchable_provider_adopts_the_task_it_made(
+        local: LocalStack) -> None:
+    """Replicate lists predictions: the hung create's task is found and used, not resent."""
+    local.fault("replicate", "hang")
+    prompt = "a fox, create cut off"
+
+    done = local.wait(local.submit(prompt=prompt)["id"], timeout=60)
+
+    assert done["status"] == "SUCCEEDED", done["attempts"]
+    [attempt] = done["attempts"]
+    assert attempt["backend"] == "replicate-seedance"
+    assert len(tasks_for(local, "replicate", prompt)) == 1  # never resent
+    assert local.sim_stats("replicate")["requests"] == 1
+
+
+def test_a_create_cut_off_elsewhere_keeps_its_reservation_until_the_provider_timeout(
+        local: LocalStack) -> None:
+    """Runway cannot be searched: the attempt stays open (and its money held) until the
+    provider's task timeout has passed, then counts as charged, and the job falls back."""
+    local.fault("runway", "hang")
+    prompt = "a fox, runway cut off"
+    job = local.submit(prompt=prompt, policy="fixed")  # runway first
+    assert job["plan"][0] == "runway-gen45"
+
+    unknown = local.wait(job["id"], until=lambda j: bool(j["attempts"])
+                         and j["attempts"][0]["status"] == "UNKNOWN", timeout=30)
+    assert unknown["status"] == "RENDERING"
+    assert unknown["attempts"][0]["error"]["code"] == "create_timeout_lost"
+
+    done = local.wait(job["id"], timeout=60)
+    assert done["status"] == "SUCCEEDED", done["attempts"]
+    first, second = done["attempts"]
+    assert (first["status"], first["error"]["class"]) == ("FAILED", "unknown")
+    assert first["cost_usd"] == first["estimated_cost_usd"]  # counted as charged
+    assert second["backend"] == "replicate-seedance"
+    assert len(tasks_for(local, "runway", prompt)) == 1

@@ -37,6 +37,7 @@ DEFAULTED = {
     "circuit_strikes": "circuit breaker: the design's 3 consecutive failures open it",
     "circuit_cooldown_s": "circuit breaker cool-down: the code default is the tested value",
     "backend_busy_wait_s": "wait for a provider call slot: the code default is the tested value",
+    "unknown_outcome_wait_s": "empty in production: the catalog's task_timeout_s per backend",
     "runway_base_url": "Runway's production API by default; the local stack overrides it",
     "replicate_base_url": "Replicate's production API by default; the local stack overrides it",
     "veo_base_url": "empty means Google's regional Vertex AI endpoint",

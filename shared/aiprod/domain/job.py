@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from aiprod.catalog import Mode
 
 MAX_PROMPT_CHARS = 5000  # the widest provider limit; per-backend limits apply in routing
+# Text only: no control characters but tab, newline and carriage return.
+PROMPT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 
 class AspectRatio(StrEnum):
@@ -36,7 +38,8 @@ class JobRequest(BaseModel):
 
     schema_version: Literal[1] = 1
     prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                             max_length=MAX_PROMPT_CHARS)] | None = None
+                                             max_length=MAX_PROMPT_CHARS,
+                                             pattern=PROMPT_PATTERN)] | None = None
     image_url: Annotated[str, StringConstraints(max_length=8192)] | None = None
     duration_seconds: int = Field(default=5, ge=1, le=60)
     aspect_ratio: AspectRatio = AspectRatio.LANDSCAPE
@@ -78,6 +81,7 @@ TERMINAL_JOB_STATUSES = frozenset(
 
 class AttemptStatus(StrEnum):
     CREATING = "CREATING"      # claimed; the provider create call may be in flight
+    UNKNOWN = "UNKNOWN"        # a create call was cut off: resolving whether a task exists
     RUNNING = "RUNNING"        # provider task id checkpointed; polling
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
@@ -86,7 +90,7 @@ class AttemptStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self not in (AttemptStatus.CREATING, AttemptStatus.RUNNING)
+        return self not in (AttemptStatus.CREATING, AttemptStatus.UNKNOWN, AttemptStatus.RUNNING)
 
 
 class ErrorClass(StrEnum):

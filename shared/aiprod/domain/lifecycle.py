@@ -110,11 +110,24 @@ def release_lease(job: Job, index: int, now: dt.datetime) -> bool:
     return True
 
 
-def record_task(job: Job, index: int, task_id: str, now: dt.datetime) -> bool:
-    """Checkpoint the provider's task id before polling starts."""
+def mark_unknown(job: Job, index: int, error: AttemptError, now: dt.datetime) -> bool:
+    """A create call's outcome is unknown: keep the attempt (and its reservation)
+    open until a lookup or the provider's own timeout settles it."""
     attempt = job.attempts[index]
     if attempt.status is not AttemptStatus.CREATING:
         return False
+    attempt.status = AttemptStatus.UNKNOWN
+    attempt.error = error
+    job.updated_at = now
+    return True
+
+
+def record_task(job: Job, index: int, task_id: str, now: dt.datetime) -> bool:
+    """Checkpoint the provider's task id before polling starts."""
+    attempt = job.attempts[index]
+    if attempt.status not in (AttemptStatus.CREATING, AttemptStatus.UNKNOWN):
+        return False
+    attempt.error = None
     attempt.provider_task_id = task_id
     attempt.status = AttemptStatus.RUNNING
     job.updated_at = now

@@ -76,21 +76,26 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
     if claim.kind is ClaimKind.FINISHED:
         _follow_up(rt, job, index)
         return
+    deadline = time.monotonic() + rt.settings.render_deadline_s
     if claim.kind is ClaimKind.UNKNOWN_OUTCOME:
-        _fail(rt, job.id, index, AttemptError(
-            error_class=ErrorClass.UNKNOWN, code="create_outcome_unknown",
-            message="the create call was interrupted; the provider's verdict is unknown"))
+        # The delivery that was creating the task died mid-call.
+        _mark_unknown(rt, job, index, AttemptError(
+            error_class=ErrorClass.UNKNOWN, code="create_interrupted",
+            message="the invocation creating the task died; the provider's verdict is unknown"))
+        _resolve_unknown(rt, backend, message, deadline)
+        return
+    if claim.kind is ClaimKind.RESUME and claim.task_id is None:
+        _resolve_unknown(rt, backend, message, deadline)
         return
 
     task_id = claim.task_id
     if claim.kind is ClaimKind.CREATE:
         emit(rt, job, EventType.ATTEMPT_STARTED, attempt=index)
-        task_id = _create(rt, backend, job, index)
+        task_id = _create(rt, backend, job, message, deadline)
         if task_id is None:
             return
     assert task_id is not None
-    _poll_until_done(rt, backend, message, task_id, deadline=time.monotonic()
-                     + rt.settings.render_deadline_s)
+    _poll_until_done(rt, backend, message, task_id, deadline)
 
 
 def _spec(backend: Backend, job: Job) -> RenderSpec:
@@ -100,10 +105,12 @@ def _spec(backend: Backend, job: Job) -> RenderSpec:
                       aspect_ratio=request.aspect_ratio.value, audio=request.audio)
 
 
-def _create(rt: Runtime, backend: Backend, job: Job, index: int) -> str | None:
+def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
+            deadline: float) -> str | None:
     """Reserve the budget, then create the provider task through the backend's gate,
     retrying (with backoff) only calls that surely created nothing, and checkpoint
-    its id. None when the attempt ended instead."""
+    its id. None when the attempt ended, or went on to resolve an unknown outcome."""
+    index = message.attempt
     caller = f"{job.id}:{index}"
     try:
         reserved = budget.reserve(rt, job, index, job.attempts[index].estimated_cost_usd)
@@ -134,6 +141,11 @@ def _create(rt: Runtime, backend: Backend, job: Job, index: int) -> str | None:
             failure = AttemptError(error_class=error.error_class, code=error.code,
                                    message=error.message)
             gate.after_call(rt, ticket, failure, error.throttled)
+            if error.error_class is ErrorClass.UNKNOWN:
+                # Never resend: the provider may be rendering (and billing) already.
+                _mark_unknown(rt, job, index, failure)
+                _resolve_unknown(rt, backend, message, deadline)
+                return None
             last_failure = failure
             wait = max(delay, error.retry_after_s or 0) * random.uniform(0.5, 1.0)
             if error.error_class is ErrorClass.TRANSIENT and time.monotonic() + wait < retry_until:
@@ -185,15 +197,80 @@ def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task
                 message="the provider cancelled the task"))
             return
         if time.monotonic() + rt.settings.poll_interval_s > deadline:
-            # Hand off before the platform kills us: a continuation resumes this task.
-            rt.store.mutate(message.job_id, lambda j: lifecycle.release_lease(
-                j, message.attempt, rt.clock()))
-            rt.bus.publish(backend.topic, message.model_dump(), {"job_id": message.job_id,
-                                                                 "continuation": "true"})
-            log(logger, logging.INFO, "render continues in a new invocation",
-                job_id=message.job_id, backend=backend.name, provider_task_id=task_id)
+            _hand_off(rt, backend, message)
             return
         rt.sleep(rt.settings.poll_interval_s)
+
+
+def _mark_unknown(rt: Runtime, job: Job, index: int, error: AttemptError) -> None:
+    rt.store.mutate(job.id, lambda j: lifecycle.mark_unknown(j, index, error, rt.clock()))
+    log(logger, logging.WARNING, f"create outcome unknown: {error.code}", job_id=job.id,
+        attempt=index, backend=job.attempts[index].backend, error_message=error.message)
+
+
+def _resolve_unknown(rt: Runtime, backend: Backend, message: RenderMessage,
+                     deadline: float) -> None:
+    """Settle an attempt whose create call was cut off, on a verified verdict only.
+
+    Where the provider can be searched, a task made for this spec is adopted and
+    polled; not finding one once the provider has surely recorded it means no
+    task exists, and the job falls back at no charge. Where it cannot be
+    searched, the reservation is kept until the provider's own task timeout has
+    surely passed; the attempt then counts as charged (the provider may have
+    rendered it) and the job falls back.
+    """
+    provider = rt.provider(backend.name)
+    wait = rt.settings.unknown_outcome_wait_s or backend.limits.task_timeout_s
+    while True:
+        if _ended_elsewhere(rt, message):
+            return
+        job = rt.store.get(message.job_id)
+        assert job is not None
+        attempt = job.attempts[message.attempt]
+        age = (rt.clock() - attempt.started_at).total_seconds()
+        if provider.can_find_tasks:
+            try:
+                found = provider.find_task(_spec(backend, job), attempt.started_at)
+            except ProviderError:
+                found = None  # could not look: try again shortly
+            else:
+                if found is None and age > rt.settings.create_timeout_s * 2:
+                    _fail(rt, job.id, message.attempt, AttemptError(
+                        error_class=ErrorClass.TRANSIENT, code="create_not_received",
+                        message="the cut-off create call made no task at the provider"))
+                    return
+            if found is not None:
+                task_id: str = found
+
+                def adopt(candidate: Job) -> bool:
+                    return lifecycle.record_task(candidate, message.attempt, task_id, rt.clock())
+
+                adopted = rt.store.mutate(job.id, adopt)
+                if adopted is not None and adopted[1]:
+                    log(logger, logging.INFO, "unknown create resolved: the task exists",
+                        job_id=job.id, backend=backend.name, provider_task_id=task_id)
+                    _poll_until_done(rt, backend, message, task_id, deadline)
+                return
+        if age >= wait:
+            _fail(rt, job.id, message.attempt, AttemptError(
+                error_class=ErrorClass.UNKNOWN, code="create_outcome_unknown",
+                message=f"no verdict from {backend.name} within its {wait:.0f} s task "
+                        "timeout; counted as charged"), cost_usd=attempt.estimated_cost_usd)
+            return
+        if time.monotonic() + rt.settings.poll_interval_s > deadline:
+            _hand_off(rt, backend, message)
+            return
+        rt.sleep(rt.settings.poll_interval_s)
+
+
+def _hand_off(rt: Runtime, backend: Backend, message: RenderMessage) -> None:
+    """Before the platform's timeout: a continuation picks the attempt up."""
+    rt.store.mutate(message.job_id, lambda j: lifecycle.release_lease(
+        j, message.attempt, rt.clock()))
+    rt.bus.publish(backend.topic, message.model_dump(), {"job_id": message.job_id,
+                                                         "continuation": "true"})
+    log(logger, logging.INFO, "render continues in a new invocation",
+        job_id=message.job_id, backend=backend.name)
 
 
 def _ended_elsewhere(rt: Runtime, message: RenderMessage) -> bool:

@@ -68,6 +68,7 @@ class ReplicateSim(ProviderSim):
             Route("/v1/models/{owner}/{name}/predictions", self._create_for_model,
                   methods=["POST"]),
             Route("/v1/predictions", self._create, methods=["POST"]),
+            Route("/v1/predictions", self._list, methods=["GET"]),
             Route("/v1/predictions/{prediction_id}", self._get, methods=["GET"],
                   name="prediction"),
             Route("/v1/predictions/{prediction_id}/cancel", self._cancel, methods=["POST"],
@@ -225,6 +226,16 @@ class ReplicateSim(ProviderSim):
         if task is None:
             return _problem(404, "Not found", "The requested resource could not be found.")
         return task
+
+    async def _list(self, request: Request) -> Response:
+        """GET /v1/predictions: every prediction, newest first, in one page."""
+        refused = self.check_auth(request)
+        if refused is not None:
+            return refused
+        tasks = sorted((t for t in self.tasks.values() if not t.deleted),
+                       key=lambda t: t.created_at, reverse=True)
+        return JSONResponse({"next": None, "previous": None,
+                             "results": [self._prediction(request, t) for t in tasks]})
 
     async def _get(self, request: Request) -> Response:
         self.stats.polls += 1

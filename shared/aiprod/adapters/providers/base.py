@@ -8,6 +8,7 @@ policy: whether to retry, fall back or strike is the render service's call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -82,6 +83,16 @@ class VideoProvider(Protocol):
 
     def cancel(self, task_id: str) -> None:
         """Ask the provider to stop the task (best effort)."""
+        ...
+
+    @property
+    def can_find_tasks(self) -> bool:
+        """Whether find_task can search the provider's recent tasks."""
+        ...
+
+    def find_task(self, spec: RenderSpec, since: datetime) -> str | None:
+        """The id of a task created for `spec` since `since`, if the provider lists
+        tasks (None when it cannot tell); for resolving a create cut off mid-call."""
         ...
 
     def download(self, status: TaskStatus, dest: Path) -> None:

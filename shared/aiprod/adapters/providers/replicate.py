@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,17 @@ from aiprod.config import Settings
 from aiprod.domain.job import ErrorClass
 
 logger = logging.getLogger(__name__)
+
+# Clocks differ: look a little before the attempt started.
+LOOKUP_SLACK = timedelta(seconds=60)
+
+
+def _parse_time(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 _REFUSAL = re.compile(r"sensitive|nsfw|flagged|\bE005\b", re.IGNORECASE)
 _ERROR_CODE = re.compile(r"\b(E\d{3,4})\b")
@@ -93,7 +105,8 @@ class ReplicateProvider:
         return ProviderError(ErrorClass.UNKNOWN if create else ErrorClass.TRANSIENT,
                              "unreadable_response", clip(repr(exc)))
 
-    def create(self, spec: RenderSpec) -> str:
+    @staticmethod
+    def _inputs(spec: RenderSpec) -> dict[str, Any]:
         inputs: dict[str, Any] = {"duration": spec.duration_seconds,
                                   "aspect_ratio": spec.aspect_ratio,
                                   "generate_audio": spec.audio}
@@ -104,6 +117,10 @@ class ReplicateProvider:
                 raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_image_url",
                                     "Replicate takes the image as an http(s) URL or a data URI")
             inputs["image"] = spec.image_url
+        return inputs
+
+    def create(self, spec: RenderSpec) -> str:
+        inputs = self._inputs(spec)
         client = self._sdk()
         try:
             prediction = client.models.predictions.create(model=spec.model, input=inputs)
@@ -146,6 +163,29 @@ class ReplicateProvider:
                            self._api_error(exc, create=False))
         except ProviderError as exc:
             logger.warning("replicate: cancelling prediction %s failed: %s", task_id, exc)
+
+    can_find_tasks = True
+
+    def find_task(self, spec: RenderSpec, since: datetime) -> str | None:
+        """Search recent predictions (newest first) for one made from this spec."""
+        wanted = self._inputs(spec)
+        client = self._sdk()
+        try:
+            page = client.predictions.list()
+            while True:
+                for prediction in page.results:
+                    created = _parse_time(prediction.created_at)
+                    if created is not None and created < since - LOOKUP_SLACK:
+                        return None  # older than the attempt: stop looking
+                    same_input = all((prediction.input or {}).get(k) == v
+                                     for k, v in wanted.items())
+                    if prediction.model == spec.model and same_input:
+                        return str(prediction.id)
+                if not page.next:
+                    return None
+                page = client.predictions.list(cursor=page.next)
+        except (ReplicateError, httpx.HTTPError, ValueError) as exc:
+            raise self._api_error(exc, create=False) from exc
 
     def download(self, status: TaskStatus, dest: Path) -> None:
         download_output(status, dest, self._timeout_s)

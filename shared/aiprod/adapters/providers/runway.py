@@ -8,6 +8,7 @@ are idempotent, so they keep the SDK's own short retries.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,11 @@ class RunwayProvider:
                            _api_error(exc, create=False))
         except ProviderError as exc:
             logger.warning("runway: cancelling task %s failed: %s", task_id, exc)
+
+    can_find_tasks = False  # the API has no way to list or search tasks
+
+    def find_task(self, spec: RenderSpec, since: datetime) -> str | None:
+        return None
 
     def download(self, status: TaskStatus, dest: Path) -> None:
         download_output(status, dest, self._timeout_s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,11 @@ class VeoProvider:
                 logger.warning("veo: cancelling %s answered %s", task_id, response.status_code)
         except (google.auth.exceptions.GoogleAuthError, OSError) as exc:  # requests' too
             logger.warning("veo: cancelling %s failed: %r", task_id, exc)
+
+    can_find_tasks = False  # the API has no way to list or search tasks
+
+    def find_task(self, spec: RenderSpec, since: datetime) -> str | None:
+        return None
 
     def download(self, status: TaskStatus, dest: Path) -> None:
         download_output(status, dest, self._timeout_s)
