@@ -7,11 +7,12 @@ keeps them in Cloud Storage (production, or the storage emulator in tests).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import urlparse
+from typing import Any, Protocol
+from urllib.parse import quote, urlparse
 
 
 class OutputStore(Protocol):
@@ -42,24 +43,44 @@ class LocalOutputStore:
 
 
 class GcsOutputStore:
-    def __init__(self, bucket: str, prefix: str = "") -> None:
+    """Cloud Storage (or the storage emulator when STORAGE_EMULATOR_HOST is set)."""
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
         from google.cloud.storage import Client
 
-        self._client = Client()
+        self._client = client or Client()
         self._bucket = self._client.bucket(bucket)
         self._prefix = prefix.strip("/")
 
     def put(self, source: Path, key: str, content_type: str) -> str:
         name = f"{self._prefix}/{key}" if self._prefix else key
         blob = self._bucket.blob(name)
-        blob.upload_from_filename(str(source), content_type=content_type)
+        # crc32c: the upload is verified end to end, or it raises.
+        blob.upload_from_filename(str(source), content_type=content_type, checksum="crc32c")
         return f"gs://{self._bucket.name}/{name}"
 
     def download_url(self, uri: str, expires_in: dt.timedelta) -> str:
         name = urlparse(uri).path.lstrip("/")
-        url: str = self._bucket.blob(name).generate_signed_url(
-            version="v4", expiration=expires_in, method="GET")
-        return url
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        if emulator:  # the emulator serves media without signatures
+            return (f"{emulator.rstrip('/')}/download/storage/v1/b/{self._bucket.name}/o/"
+                    f"{quote(name, safe='')}?alt=media")
+        blob = self._bucket.blob(name)
+        credentials = self._client._credentials
+        if not hasattr(credentials, "sign_bytes") or not getattr(credentials, "signer", None):
+            # On Cloud Functions the runtime's credentials cannot sign locally: sign
+            # through IAM signBlob as the function's own service account.
+            import google.auth.transport.requests
+
+            credentials.refresh(google.auth.transport.requests.Request())
+            url: str = blob.generate_signed_url(
+                version="v4", expiration=expires_in, method="GET",
+                service_account_email=credentials.service_account_email,
+                access_token=credentials.token)
+            return url
+        signed: str = blob.generate_signed_url(version="v4", expiration=expires_in,
+                                               method="GET")
+        return signed
 
 
 def output_store_for(uri: str) -> OutputStore:

@@ -1,0 +1,86 @@
+"""Outputs in Cloud Storage, exercised against a local storage emulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from aiprod.adapters.storage import GcsOutputStore, output_store_for
+from aiprod.localstack.processes import free_port, http_ok, wait_until
+from aiprod.media import probe_video, render_test_video
+
+pytestmark = pytest.mark.emulator
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[storage.Client]:
+    port = free_port()
+    exe = Path(sys.executable).parent / "gcp-storage-emulator"
+    log = (tmp_path_factory.mktemp("gcs") / "emulator.log").open("ab")
+    process = subprocess.Popen([str(exe), "start", "--host=127.0.0.1", f"--port={port}",
+                                "--in-memory"], stdout=log, stderr=subprocess.STDOUT)
+    host = f"http://127.0.0.1:{port}"
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    try:
+        wait_until(lambda: http_ok(f"{host}/storage/v1/b", any_status=True), 30,
+                   "the storage emulator")
+        client = storage.Client(project="aiprod-local", credentials=AnonymousCredentials())
+        client.create_bucket("aiprod-outputs")
+        yield client
+    finally:
+        process.terminate()
+        process.wait(10)
+        if saved is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = saved
+
+
+def test_an_output_is_stored_whole_and_can_be_downloaded(gcs: storage.Client,
+                                                         tmp_path: Path) -> None:
+    video = tmp_path / "output.mp4"
+    video.write_bytes(render_test_video(2, "16:9"))
+    store = GcsOutputStore("aiprod-outputs", "outputs", client=gcs)
+
+    uri = store.put(video, "jobs/job_1/output.mp4", "video/mp4")
+
+    assert uri == "gs://aiprod-outputs/outputs/jobs/job_1/output.mp4"
+    blob = gcs.bucket("aiprod-outputs").get_blob("outputs/jobs/job_1/output.mp4")
+    assert blob is not None
+    assert blob.size == video.stat().st_size
+    assert blob.content_type == "video/mp4"
+    fetched = httpx.get(store.download_url(uri, dt.timedelta(hours=1)), timeout=30)
+    assert fetched.status_code == 200
+    assert hashlib.sha256(fetched.content).digest() == hashlib.sha256(
+        video.read_bytes()).digest()
+    assert probe_video(fetched.content).frames == 48
+
+
+def test_storing_the_same_key_again_replaces_it(gcs: storage.Client, tmp_path: Path) -> None:
+    store = GcsOutputStore("aiprod-outputs", client=gcs)
+    first, second = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    first.write_bytes(render_test_video(1, "1:1"))
+    second.write_bytes(render_test_video(2, "1:1"))
+    store.put(first, "jobs/job_2/output.mp4", "video/mp4")
+    store.put(second, "jobs/job_2/output.mp4", "video/mp4")
+    names = [b.name for b in gcs.list_blobs("aiprod-outputs", prefix="jobs/job_2/")]
+    assert names == ["jobs/job_2/output.mp4"]
+    blob = gcs.bucket("aiprod-outputs").get_blob("jobs/job_2/output.mp4")
+    assert blob is not None
+    assert blob.size == second.stat().st_size
+
+
+def test_the_output_uri_setting_chooses_the_store() -> None:
+    with pytest.raises(ValueError, match="file://DIR or gs://BUCKET/PREFIX"):
+        output_store_for("s3://elsewhere")
