@@ -3,8 +3,8 @@
 The simulators serve clips made here so the whole pipeline handles genuine
 H.264 MP4 files, and the output check decodes every frame of what a provider
 returns, so a truncated, blank or frozen video is caught before a job is
-marked SUCCEEDED. numpy is not a dependency: frame statistics come from a
-small grey thumbnail that libswscale makes, read as plain bytes.
+marked SUCCEEDED. Frame statistics come from a small grey thumbnail that
+libswscale makes, computed with numpy.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from fractions import Fraction
 
 import av
 import av.error
+import numpy as np
+import numpy.typing as npt
 from av.video.frame import VideoFrame
 
 __all__ = [
@@ -131,27 +133,32 @@ def render_test_video(duration_s: float, aspect_ratio: str, *, fps: int = 24,
     return out.getvalue()
 
 
-def _thumbnail(frame: VideoFrame) -> bytes:
-    """The frame's luma, scaled to a small grey image by libswscale, row padding removed."""
-    grey = frame.reformat(width=_THUMB_W, height=_THUMB_H, format="gray", interpolation="AREA")
-    plane = grey.planes[0]
-    data = bytes(plane)
-    if plane.line_size == _THUMB_W:
-        return data
-    return b"".join(data[row * plane.line_size: row * plane.line_size + _THUMB_W]
-                    for row in range(_THUMB_H))
+def _thumbnail(frame: VideoFrame) -> npt.NDArray[np.int16]:
+    """About _THUMB_W x _THUMB_H points of the frame's luma.
+
+    For the usual planar YUV the luma plane is sampled in place (no scaling:
+    it costs next to nothing at any resolution); anything else is converted
+    to grey by libswscale first.
+    """
+    luma: npt.NDArray[np.generic]
+    if frame.format.name.startswith(("yuv", "yuvj", "nv12")):
+        plane = frame.planes[0]
+        luma = np.frombuffer(memoryview(plane), np.uint8).reshape(
+            plane.height, plane.line_size)[:, :plane.width]
+    else:
+        luma = frame.reformat(format="gray").to_ndarray()
+    step_y = max(1, luma.shape[0] // _THUMB_H)
+    step_x = max(1, luma.shape[1] // _THUMB_W)
+    thumb: npt.NDArray[np.int16] = luma[::step_y, ::step_x].astype(np.int16)
+    return thumb
 
 
-def _is_blank(thumb: bytes) -> bool:
-    n = len(thumb)
-    mean = sum(thumb) / n
-    variance = sum((v - mean) ** 2 for v in thumb) / n
-    return bool(variance < BLANK_STDDEV ** 2)
+def _is_blank(thumb: npt.NDArray[np.int16]) -> bool:
+    return bool(thumb.std() < BLANK_STDDEV)
 
 
-def _is_frozen(previous: bytes, current: bytes) -> bool:
-    diff = sum(abs(a - b) for a, b in zip(previous, current, strict=True))
-    return diff / len(current) < FROZEN_MEAN_ABS_DIFF
+def _is_frozen(previous: npt.NDArray[np.int16], current: npt.NDArray[np.int16]) -> bool:
+    return bool(np.abs(current - previous).mean() < FROZEN_MEAN_ABS_DIFF)
 
 
 def _open(source: VideoSource) -> av.container.InputContainer:
@@ -181,7 +188,7 @@ def probe_video(source: VideoSource) -> VideoInfo:
             raise InvalidVideo("the file has no video stream")
         stream = container.streams.video[0]
         frames = blank = frozen = 0
-        previous: bytes | None = None
+        previous: npt.NDArray[np.int16] | None = None
         for frame in _decoded_frames(container):
             frames += 1
             thumb = _thumbnail(frame)
