@@ -169,9 +169,12 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
 def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task_id: str,
                      deadline: float) -> None:
     provider = rt.provider(backend.name)
+    first = True
     while True:
-        if _ended_elsewhere(rt, message):
+        # Between polls the job may have been cancelled: then stop, record nothing.
+        if not first and _ended_elsewhere(rt, message):
             return
+        first = False
         try:
             status = provider.poll(task_id)
         except ProviderError as error:
@@ -240,16 +243,10 @@ def _resolve_unknown(rt: Runtime, backend: Backend, message: RenderMessage,
                         message="the cut-off create call made no task at the provider"))
                     return
             if found is not None:
-                task_id: str = found
-
-                def adopt(candidate: Job) -> bool:
-                    return lifecycle.record_task(candidate, message.attempt, task_id, rt.clock())
-
-                adopted = rt.store.mutate(job.id, adopt)
-                if adopted is not None and adopted[1]:
+                if _adopt(rt, message, found):
                     log(logger, logging.INFO, "unknown create resolved: the task exists",
-                        job_id=job.id, backend=backend.name, provider_task_id=task_id)
-                    _poll_until_done(rt, backend, message, task_id, deadline)
+                        job_id=job.id, backend=backend.name, provider_task_id=found)
+                    _poll_until_done(rt, backend, message, found, deadline)
                 return
         if age >= wait:
             _fail(rt, job.id, message.attempt, AttemptError(
@@ -261,6 +258,13 @@ def _resolve_unknown(rt: Runtime, backend: Backend, message: RenderMessage,
             _hand_off(rt, backend, message)
             return
         rt.sleep(rt.settings.poll_interval_s)
+
+
+def _adopt(rt: Runtime, message: RenderMessage, task_id: str) -> bool:
+    """Checkpoint a task found at the provider as this attempt's task."""
+    adopted = rt.store.mutate(message.job_id, lambda j: lifecycle.record_task(
+        j, message.attempt, task_id, rt.clock()))
+    return adopted is not None and adopted[1]
 
 
 def _hand_off(rt: Runtime, backend: Backend, message: RenderMessage) -> None:
