@@ -225,10 +225,14 @@ def fail_job(job: Job, reason: str, now: dt.datetime) -> bool:
         return False
     for attempt in job.attempts:
         if not attempt.status.terminal:
+            # A task that may exist may have been billed: count it (budget safety first).
+            if attempt.provider_task_id or attempt.status is AttemptStatus.UNKNOWN:
+                attempt.cost_usd = attempt.estimated_cost_usd
             attempt.status = AttemptStatus.FAILED
             attempt.ended_at = now
             attempt.error = AttemptError(error_class=ErrorClass.UNKNOWN, code="dead_lettered",
                                          message=reason)
+    job.cost_usd = round(sum(a.cost_usd for a in job.attempts), 6)
     job.status = JobStatus.FAILED
     job.status_reason = reason
     job.updated_at = now

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from aiprod.domain import lifecycle
 from aiprod.logs import log
 from aiprod.runtime import Runtime
+from aiprod.services import budget
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import emit_terminal
 
@@ -20,6 +21,11 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
     source = attributes.get("CloudPubSubDeadLetterSourceSubscription", "unknown subscription")
     attempts = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "?")
     job_id = payload.get("job_id") or attributes.get("job_id")
+    if "event_id" in payload and "type" in payload:
+        # A job event the notifier could not deliver: the job itself is finished.
+        log(logger, logging.ERROR, "webhook delivery gave up", source=source,
+            delivery_count=attempts, job_id=job_id, webhook_id=payload["event_id"])
+        return
     try:
         RenderMessage.model_validate(payload)
     except ValidationError:
@@ -35,5 +41,9 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
         return
     job, changed = done
     log(logger, logging.ERROR, reason, job_id=job.id, changed=changed)
+    for index, attempt in enumerate(job.attempts):
+        if attempt.provider_task_id and attempt.error and attempt.error.code == "dead_lettered":
+            rt.provider(attempt.backend).cancel(attempt.provider_task_id)
+        budget.close(rt, job, index)  # release, or settle what the provider may have billed
     if changed:
         emit_terminal(rt, job)
