@@ -34,3 +34,18 @@ def test_an_image_makes_it_image_to_video() -> None:
 def test_bad_requests_name_the_problem(body: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         JobRequest.model_validate(body)
+
+
+@pytest.mark.parametrize("url", ["https://example.com/a.png", "gs://bucket/a.png",
+                                 "data:image/png;base64,iVBORw0KGgo=",
+                                 "data:image/jpeg;base64,/9j/4AAQ"])
+def test_image_sources_accepted(url: str) -> None:
+    assert JobRequest(image_url=url).image_url == url
+
+
+@pytest.mark.parametrize("url", ["http://example.com/a.png", "ftp://example.com/a.png",
+                                 "file:///etc/passwd", "data:text/html;base64,PGgxPg==",
+                                 "data:image/png,rawbytes"])
+def test_other_image_sources_are_refused(url: str) -> None:
+    with pytest.raises(ValidationError, match="image_url must be an https:// URL"):
+        JobRequest(image_url=url)

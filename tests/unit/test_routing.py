@@ -105,7 +105,8 @@ def catalogs(draw: st.DrawFn) -> Catalog:
             "model": "m", "quality": draw(st.floats(0, 1)), "typical_latency_s": 10,
             "price": {"usd_per_second": draw(st.floats(0.01, 1)), "source": "s", "as_of": "d"},
             "capabilities": caps,
-            "limits": {"max_prompt_chars": 5000, "max_image_data_uri_bytes": 1000}})
+            "limits": {"max_prompt_chars": 5000, "max_image_data_uri_bytes": 1000,
+                       "task_timeout_s": 3600}})
     return parse_catalog(json.dumps({"version": 1, "backends": backends}))
 
 
@@ -155,3 +156,17 @@ def test_a_plan_never_breaks_a_constraint_and_follows_the_policy(
     else:
         order = [catalog.names.index(name) for name in result.backends]
         assert order == sorted(order)
+
+
+def test_an_uploaded_image_too_big_for_a_backend_rules_it_out() -> None:
+    # 300 KB: over Replicate's 256 KiB data-URI limit, within Runway's 5 MB.
+    image = "data:image/png;base64," + "A" * 400_000
+    plan = routing.plan(JobRequest(prompt="fox", image_url=image), CATALOG)
+    assert isinstance(plan, routing.Plan)
+    assert "replicate-seedance" not in plan.backends
+    assert "runway-gen45" in plan.backends
+    # 20 MB: only Veo (20 MiB) takes it, and Veo renders 4, 6 or 8 s, not 5.
+    huge = "data:image/png;base64," + "A" * 27_000_000
+    rejection = routing.plan(JobRequest(prompt="fox", image_url=huge), CATALOG)
+    assert isinstance(rejection, routing.Rejection)
+    assert "runway-gen45 takes uploaded images of at most 5242880 bytes" in rejection.detail

@@ -6,11 +6,20 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from aiprod.catalog import Mode
 
 MAX_PROMPT_CHARS = 5000  # the widest provider limit; per-backend limits apply in routing
+MAX_IMAGE_URL_CHARS = 28_000_000  # a 20 MiB image as base64, within a 32 MB request
+IMAGE_DATA_URI = ("data:image/png;base64,", "data:image/jpeg;base64,")
 # Text only: no control characters but tab, newline and carriage return.
 PROMPT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
@@ -40,7 +49,9 @@ class JobRequest(BaseModel):
     prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
                                              max_length=MAX_PROMPT_CHARS,
                                              pattern=PROMPT_PATTERN)] | None = None
-    image_url: Annotated[str, StringConstraints(max_length=8192)] | None = None
+    # https URL, gs:// URI, or an upload as a base64 data: URI (routing checks each
+    # backend's size limit for uploads).
+    image_url: Annotated[str, StringConstraints(max_length=MAX_IMAGE_URL_CHARS)] | None = None
     duration_seconds: int = Field(default=5, ge=1, le=60)
     aspect_ratio: AspectRatio = AspectRatio.LANDSCAPE
     audio: bool = False
@@ -55,6 +66,14 @@ class JobRequest(BaseModel):
         if self.prompt is None and self.image_url is None:
             raise ValueError("give a prompt, an image_url, or both")
         return self
+
+    @field_validator("image_url")
+    @classmethod
+    def _image_source(cls, url: str | None) -> str | None:
+        if url is None or url.startswith(("https://", "gs://", *IMAGE_DATA_URI)):
+            return url
+        raise ValueError("image_url must be an https:// URL, a gs:// URI, or a base64 "
+                         "data:image/png or data:image/jpeg URI")
 
     @property
     def mode(self) -> Mode:

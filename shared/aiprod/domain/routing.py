@@ -64,7 +64,19 @@ def capability_problem(backend: Backend, request: JobRequest) -> str | None:
         return "renders no audio"
     if request.prompt is not None and len(request.prompt) > backend.limits.max_prompt_chars:
         return f"takes prompts of at most {backend.limits.max_prompt_chars} characters"
+    uploaded = data_uri_bytes(request.image_url)
+    if uploaded is not None and uploaded > backend.limits.max_image_data_uri_bytes:
+        return (f"takes uploaded images of at most {backend.limits.max_image_data_uri_bytes} "
+                f"bytes, not {uploaded}")
     return None
+
+
+def data_uri_bytes(url: str | None) -> int | None:
+    """The decoded size of an image uploaded as a base64 data: URI (None otherwise)."""
+    if url is None or not url.startswith("data:"):
+        return None
+    payload = url.partition(",")[2].rstrip("=")
+    return len(payload) * 3 // 4
 
 
 def _order(quotes: list[Quote], policy: Policy, catalog_order: Mapping[str, int]) -> list[Quote]:
