@@ -261,3 +261,27 @@ def test_client_connection_refused_is_transient() -> None:
         _provider(f"http://127.0.0.1:{port}").create(_spec())
     assert (caught.value.error_class, caught.value.code) == (ErrorClass.TRANSIENT,
                                                              "connection_error")
+
+
+def test_sdk_lists_predictions_newest_first(sim: str, sdk: Client) -> None:
+    first = sdk.models.predictions.create(model=MODEL, input=INPUT)
+    second = sdk.models.predictions.create(model=MODEL, input=INPUT | {"prompt": "later"})
+    page = sdk.predictions.list()
+    assert [p.id for p in page.results] == [second.id, first.id]
+
+
+def test_client_finds_the_task_a_cut_off_create_made(sim: str) -> None:
+    """A create whose answer was lost: the task is found by its inputs, not made again."""
+    import datetime as dt
+
+    since = dt.datetime.now(dt.UTC)
+    provider = _provider(sim)
+    made = provider.create(_spec(prompt="a heron, answer lost"))
+    provider.create(_spec(prompt="another heron"))
+
+    assert provider.can_find_tasks
+    assert provider.find_task(_spec(prompt="a heron, answer lost"), since) == made
+    assert provider.find_task(_spec(prompt="a heron, never sent"), since) is None
+    assert provider.find_task(_spec(prompt="a heron, answer lost", duration_seconds=8),
+                              since) is None
+    assert control.stats(sim)["creates"] == 2
