@@ -30,7 +30,7 @@ import hcl2
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO / "terraform"
 # Files that hold only variables and locals; Terraform evaluates them offline.
-LOCALS_FILES = ("variables.tf", "topology.tf", "monitoring.tf")
+LOCALS_FILES = ("variables.tf", "topology.tf", "monitoring_spec.tf")
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider", "lifecycle", "provisioner",
                   "connection"}
 

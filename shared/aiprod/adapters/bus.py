@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 from google.cloud.pubsub_v1 import PublisherClient
 
+from aiprod import tracing
+
 PUBLISH_TIMEOUT_S = 30.0
 
 
@@ -29,6 +31,7 @@ class PubSubBus:
     def publish(self, topic: str, payload: dict[str, Any],
                 attributes: dict[str, str] | None = None) -> str:
         data = json.dumps(payload, separators=(",", ":"), default=str).encode()
-        future = self._publisher.publish(self.topic_path(topic), data, **(attributes or {}))
+        attributes = tracing.outgoing() | (attributes or {})  # the trace follows the job
+        future = self._publisher.publish(self.topic_path(topic), data, **attributes)
         message_id: str = future.result(timeout=PUBLISH_TIMEOUT_S)
         return message_id

@@ -8,7 +8,7 @@ from aiprod.domain import lifecycle
 from aiprod.domain.job import Job
 from aiprod.logs import log
 from aiprod.runtime import Runtime
-from aiprod.services import budget
+from aiprod.services import budget, telemetry
 from aiprod.services.publishing import emit_terminal
 
 logger = logging.getLogger(__name__)
@@ -37,5 +37,6 @@ def cancel_job(rt: Runtime, job_id: str) -> Job | None:
             rt.provider(attempt.backend).cancel(attempt.provider_task_id)
         budget.close(rt, job, outcome.open_attempt)
     log(logger, logging.INFO, "job cancelled", job_id=job.id)
+    telemetry.ended(job)
     emit_terminal(rt, job)
     return job

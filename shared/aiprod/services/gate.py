@@ -20,6 +20,7 @@ from aiprod.domain import health as policy
 from aiprod.domain.job import AttemptError, ErrorClass
 from aiprod.logs import log
 from aiprod.runtime import Runtime
+from aiprod.services import telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def enter(rt: Runtime, backend: str, caller: str) -> Pass | AttemptError:
             if rt.health.claim_probe(backend, caller, now, _cooldown(rt), _probe_lease(rt)):
                 log(logger, logging.INFO, f"circuit half-open for {backend}: probing",
                     backend=backend, event="circuit_state", state="half_open", caller=caller)
+                telemetry.circuit(backend, "half_open")
                 return Pass(backend, caller, None)
             verdict = policy.Gate.SKIP
         if verdict is policy.Gate.SKIP:
@@ -90,6 +92,7 @@ def strike(rt: Runtime, backend: str, error: AttemptError) -> None:
     if rt.health.record_failure(backend, rt.clock(), rt.settings.circuit_strikes):
         log(logger, logging.WARNING, f"circuit opened for {backend}", backend=backend,
             event="circuit_state", state="open", code=error.code)
+        telemetry.circuit(backend, "open")
 
 
 def rendered(rt: Runtime, backend: str) -> None:
@@ -97,3 +100,4 @@ def rendered(rt: Runtime, backend: str) -> None:
     if rt.health.record_success(backend):
         log(logger, logging.INFO, f"circuit closed for {backend}", backend=backend,
             event="circuit_state", state="closed")
+        telemetry.circuit(backend, "closed")

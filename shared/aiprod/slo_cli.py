@@ -1,0 +1,109 @@
+"""`aiprod slo [--json]`: the SLOs, their error budgets and the alerts that would
+fire now (see aiprod.slo for where the numbers come from)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from aiprod import monitoring, slo
+from aiprod.catalog import load_catalog
+from aiprod.localstack import control
+
+console = Console()
+
+
+def _firestore(project: str | None, database: str | None) -> tuple[Any, str]:
+    """The jobs' Firestore: the local stack's emulator when one runs (and no --project
+    is given), else the project's database with Application Default Credentials."""
+    from google.cloud import firestore
+
+    if project is None and not os.environ.get("FIRESTORE_EMULATOR_HOST"):
+        state_dir = Path(os.environ.get("AIPROD_DEV_STATE_DIR", str(control.DEFAULT_STATE_DIR)))
+        state = control.status(state_dir)
+        if state is not None:
+            os.environ.update(state["env"])
+            project = str(state["project"])
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if not project:
+        raise click.ClickException("no local stack is running and no project is given: pass "
+                                   "--project or set GOOGLE_CLOUD_PROJECT")
+    database = database or os.environ.get("AIPROD_FIRESTORE_DATABASE", "(default)")
+    where = ("the local stack's emulator" if os.environ.get("FIRESTORE_EMULATOR_HOST")
+             else f"project {project}")
+    return firestore.Client(project=project, database=database), f"{where}, database {database}"
+
+
+def _when(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as error:
+        raise click.BadParameter(f"not an ISO 8601 time: {value}") from error
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+@click.command("slo")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--monitoring", "monitoring_path", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), default=monitoring.DEFAULT_MONITORING_PATH, show_default=True,
+              help="The SLO and alert definitions.")
+@click.option("--since", help="Count only what happened from this ISO 8601 time on "
+              "(default: each SLO's and alert's own window).")
+@click.option("--project", help="Google Cloud project (default: the local stack's emulator, "
+              "else GOOGLE_CLOUD_PROJECT).")
+@click.option("--database", help="Firestore database (default: AIPROD_FIRESTORE_DATABASE "
+              "or (default)).")
+def slo_command(as_json: bool, monitoring_path: Path, since: str | None, project: str | None,
+                database: str | None) -> None:
+    """SLIs, error budgets left and alert policies that would fire now, from the job
+    records (Firestore jobs and today's budget ledger)."""
+    spec = monitoring.parse(monitoring_path.read_text())
+    now = dt.datetime.now(dt.UTC)
+    start = _when(since)
+    client, where = _firestore(project, database)
+    oldest = now - slo.widest_window(spec)
+    jobs = slo.read_jobs(client, max(oldest, start) if start else oldest)
+    source = slo.JobRecords(jobs, load_catalog(), slo.read_budget(client, now),
+                            f"job records in Firestore ({where})", now)
+    result = slo.report(spec, source, now, start)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    _print(result)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _print(result: slo.Report) -> None:
+    console.print(f"source: {result.source}; now {result.now.isoformat(timespec='seconds')}"
+                  + (f"; since {result.since.isoformat()}" if result.since else ""))
+    table = Table(title="SLOs")
+    for column in ("SLO", "window", "good / total", "SLI", "goal", "error budget left"):
+        table.add_column(column)
+    for s in result.slos:
+        met = "" if s.met is None else (" [green]met[/]" if s.met else " [red]missed[/]")
+        table.add_row(s.display_name, f"{s.window_days} d", f"{s.good} / {s.total}",
+                      _pct(s.sli) + met, _pct(s.goal), _pct(s.error_budget_left))
+    console.print(table)
+    table = Table(title="Alert policies")
+    for column in ("alert", "severity", "condition", "now", "firing"):
+        table.add_column(column)
+    for a in result.alerts:
+        values = ", ".join(
+            ("".join(f"{k}={v} " for k, v in row["labels"].items()) + f"{row['value']:g}")
+            for row in a.values) or "no data"
+        firing = {None: "unknown", True: "[red]FIRING[/]", False: "no"}[a.firing]
+        table.add_row(a.display_name, a.severity, a.condition,
+                      "not in job records" if a.firing is None else values, firing)
+    console.print(table)

@@ -1,0 +1,164 @@
+"""`aiprod slo`'s arithmetic on job records: SLIs, error budgets, alert conditions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import pytest
+
+from aiprod import monitoring, slo
+from aiprod.catalog import load_catalog
+from aiprod.domain.budget import DayFigures
+from aiprod.domain.job import (
+    Attempt,
+    AttemptError,
+    AttemptStatus,
+    ErrorClass,
+    Job,
+    JobRequest,
+    JobStatus,
+)
+
+SPEC = monitoring.load()
+CATALOG = load_catalog()
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+
+
+def job(n: int, *, ended_ago_s: float, duration_s: float, status: JobStatus = JobStatus.SUCCEEDED,
+        backend: str = "replicate-seedance", quality: float | None = 0.8,
+        errors: Sequence[tuple[str, str]] = ()) -> Job:
+    end = NOW - dt.timedelta(seconds=ended_ago_s)
+    start = end - dt.timedelta(seconds=duration_s)
+    attempts = [Attempt(backend=b, status=AttemptStatus.FAILED, started_at=start, ended_at=start,
+                        estimated_cost_usd=0.5,
+                        error=AttemptError(error_class=ErrorClass.TRANSIENT, code=code,
+                                           message="x"))
+                for b, code in errors]
+    attempts.append(Attempt(backend=backend, status=AttemptStatus.SUCCEEDED
+                            if status is JobStatus.SUCCEEDED else AttemptStatus.FAILED,
+                            started_at=start, ended_at=end, estimated_cost_usd=0.5,
+                            error=None if status is JobStatus.SUCCEEDED else AttemptError(
+                                error_class=ErrorClass.BACKEND, code="failed", message="x")))
+    return Job(id=f"job_{n}", owner="o", request=JobRequest(prompt="p"),
+               plan=[a.backend for a in attempts], status=status, attempts=attempts,
+               estimated_cost_usd=0.5, cost_usd=0.4 if status is JobStatus.SUCCEEDED else 0,
+               quality_score=quality if status is JobStatus.SUCCEEDED else None,
+               created_at=start, updated_at=end)
+
+
+def figures(committed_usd: float, day: str = "2026-11-26") -> DayFigures:
+    return DayFigures(day=day, limit_micros=100_000_000, warn_micros=90_000_000,
+                      granted_micros=round(committed_usd * 1e6), spent_micros=0)
+
+
+def run(jobs: list[Job], committed_usd: float = 0.0, since: dt.datetime | None = None,
+        spec: monitoring.MonitoringSpec = SPEC) -> slo.Report:
+    source = slo.JobRecords(jobs, CATALOG, figures(committed_usd), "test", NOW)
+    return slo.report(spec, source, NOW, since)
+
+
+def test_latency_sli_and_error_budget() -> None:
+    # 40 jobs in the week: 38 under 900 s, 2 over (one of them a failure).
+    jobs = [job(n, ended_ago_s=3600 * (n + 2), duration_s=60) for n in range(38)]
+    jobs.append(job(38, ended_ago_s=7200, duration_s=1000))
+    jobs.append(job(39, ended_ago_s=9000, duration_s=950, status=JobStatus.FAILED))
+    jobs.append(job(40, ended_ago_s=8 * 86400, duration_s=5000))  # outside the 7 days
+    latency = {s.name: s for s in run(jobs).slos}["latency"]
+    assert (latency.good, latency.total) == (38, 40)
+    assert latency.sli == pytest.approx(0.95)
+    assert latency.met is True
+    # 5% of 40 = 2 bad jobs allowed, 2 spent: nothing left.
+    assert latency.error_budget_left == pytest.approx(0.0)
+
+
+def test_quality_sli_counts_succeeded_jobs_only() -> None:
+    jobs = [job(n, ended_ago_s=60 * n + 60, duration_s=30, quality=0.9) for n in range(17)]
+    jobs += [job(17, ended_ago_s=60, duration_s=30, quality=0.59),
+             job(18, ended_ago_s=60, duration_s=30, quality=0.6),
+             job(19, ended_ago_s=60, duration_s=30, status=JobStatus.FAILED)]
+    quality = {s.name: s for s in run(jobs).slos}["quality"]
+    assert (quality.good, quality.total) == (18, 19)
+    assert quality.met is True
+    # 10% of 19 = 1.9 bad allowed, 1 spent.
+    assert quality.error_budget_left == pytest.approx(1 - 1 / 1.9, abs=1e-6)
+
+
+def test_an_empty_window_spends_nothing() -> None:
+    report = run([])
+    assert [(s.total, s.sli, s.met, s.error_budget_left) for s in report.slos] == [
+        (0, None, None, 1.0)] * 2
+    assert report.firing == []
+
+
+def test_latency_alert_fires_on_the_last_hours_p95() -> None:
+    fast = [job(n, ended_ago_s=60, duration_s=100) for n in range(18)]
+    slow = [job(100 + n, ended_ago_s=120, duration_s=1000) for n in range(2)]
+    old_slow = [job(200 + n, ended_ago_s=7200, duration_s=5000) for n in range(10)]
+    assert "latency_high" not in run(fast + old_slow).firing
+    report = run(fast + slow)  # 2 of 20 over 900 s: p95 is over
+    assert "latency_high" in report.firing
+    (row,) = {a.name: a for a in report.alerts}["latency_high"].values
+    assert row == {"labels": {}, "value": 1000.0, "firing": True}
+
+
+def test_quality_alert_names_the_backend() -> None:
+    jobs = [job(n, ended_ago_s=60, duration_s=30, backend="veo-31-fast", quality=0.5)
+            for n in range(3)]
+    jobs += [job(10 + n, ended_ago_s=60, duration_s=30, backend="runway-gen45", quality=0.9)
+             for n in range(3)]
+    alert = {a.name: a for a in run(jobs).alerts}["quality_low"]
+    assert alert.firing is True
+    assert [(r["labels"], r["firing"]) for r in alert.values] == [
+        ({"backend": "runway-gen45"}, False), ({"backend": "veo-31-fast"}, True)]
+
+
+def test_runway_errors_alert_counts_runway_failures_in_the_hour() -> None:
+    jobs = [job(n, ended_ago_s=60, duration_s=30, backend="replicate-seedance",
+                errors=[("runway-gen45", "http_503")]) for n in range(5)]
+    jobs.append(job(9, ended_ago_s=60, duration_s=30, errors=[("runway-gen45", "http_429")]))
+    jobs.append(job(10, ended_ago_s=60, duration_s=30, errors=[("veo-31-fast", "http_503")]))
+    assert "runway_errors" not in run(jobs).firing  # 5 errors (a 429 is not one): not over 5
+    jobs.append(job(11, ended_ago_s=60, duration_s=30, errors=[("runway-gen45", "http_500")]))
+    report = run(jobs)
+    assert "runway_errors" in report.firing
+    assert {a.name: a for a in report.alerts}["runway_errors"].values[0]["value"] == 6
+
+
+@pytest.mark.parametrize(("committed", "firing"), [
+    (89.99, []), (90.0, ["budget_warning"]), (99.99, ["budget_warning"]),
+    (100.0, ["budget_warning", "budget_critical"])])
+def test_budget_alerts_fire_at_the_codes_thresholds(committed: float,
+                                                    firing: list[str]) -> None:
+    assert run([], committed_usd=committed).firing == firing
+
+
+def test_yesterdays_ledger_fires_nothing_today() -> None:
+    source = slo.JobRecords([], CATALOG, figures(150, day="2026-11-25"), "test", NOW)
+    assert slo.report(SPEC, source, NOW).firing == []
+
+
+def test_since_narrows_every_window() -> None:
+    slow = [job(n, ended_ago_s=600, duration_s=1000) for n in range(3)]
+    fast = [job(10 + n, ended_ago_s=60, duration_s=10) for n in range(3)]
+    report = run(slow + fast, since=NOW - dt.timedelta(seconds=300))
+    latency = {s.name: s for s in report.slos}["latency"]
+    assert (latency.good, latency.total) == (3, 3)
+    assert report.firing == []
+
+
+def test_metrics_job_records_cannot_show_are_reported_unknown() -> None:
+    spec = monitoring.MonitoringSpec.model_validate(
+        monitoring.load().model_dump() | {"alerts": [
+            {"name": "circuits", "display_name": "circuits", "severity": "WARNING",
+             "metric": "circuit_state_changes", "documentation": "Runbook: x",
+             "condition": {"aggregate": "sum", "above": 0}}]})
+    (alert,) = run([], spec=spec).alerts
+    assert alert.firing is None
+
+
+def test_the_report_is_json() -> None:
+    body = run([job(1, ended_ago_s=60, duration_s=30)], committed_usd=95).as_json()
+    assert body["firing"] == ["budget_warning"]
+    assert {s["name"] for s in body["slos"]} == {"latency", "quality"}
+    assert body["now"] == NOW.isoformat()
