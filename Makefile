@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: demo test lint unit emulator bench dev-up dev-down clean package tools install
+.PHONY: demo test lint unit emulator bench dev-up dev-down clean package tools install openapi
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit tests/contract
+
+## make openapi: regenerate docs/openapi.json and schemas/job-request.v1.json from the models
+openapi: $(STAMP)
+	$(BIN)/python -m aiprod.openapi
 
 ## make install: the project's venv and the tools venv, nothing else (CI's first step)
 install: $(STAMP) tools

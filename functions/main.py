@@ -9,13 +9,20 @@ push body into a CloudEvent.
 import functions_framework
 from cloudevents.http import CloudEvent
 from flask import Request, Response
+from werkzeug.exceptions import HTTPException
 
 from aiprod import entrypoints
 
 
+@functions_framework.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Response:
+    """Requests the framework cannot route still get problem+json."""
+    return entrypoints.http_error(error)
+
+
 @functions_framework.http
 def api(request: Request) -> Response:
-    """REST API: /v1/jobs, /v1/quote, /v1/backends, /healthz."""
+    """REST API: /v1/jobs, /v1/quote, /v1/backends, /v1/budget, /v1/openapi.json, /healthz."""
     return entrypoints.api(request)
 
 
@@ -35,3 +42,9 @@ def render(event: CloudEvent) -> None:
 def dead_letter(event: CloudEvent) -> None:
     """Messages Pub/Sub gave up on: end their jobs cleanly."""
     entrypoints.dead_letter(event)
+
+
+@functions_framework.cloud_event
+def notifier(event: CloudEvent) -> None:
+    """Signed webhooks for jobs that reach a terminal state (job-events topic)."""
+    entrypoints.notifier(event)

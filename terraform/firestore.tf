@@ -20,7 +20,8 @@ resource "google_firestore_database" "main" {
 # increasing timestamp is a write hotspot.
 locals {
   ttl_fields = {
-    idempotency_keys = "expires_at" # Idempotency-Key records
+    idempotency_keys = "expires_at" # Idempotency-Key records (24 h)
+    rate_limits      = "expires_at" # per-key, per-minute request counters
     events           = "expires_at" # old job events
   }
 }

@@ -1,5 +1,5 @@
 # Cloud Functions (2nd gen), one per entry of local.functions (topology.tf):
-# api, intake, dead-letter and one render function per catalog backend. All are
+# api, intake, dead-letter, notifier and one render function per catalog backend. All are
 # HTTP-triggered; only the API is reachable from the internet. The others accept
 # internal traffic only (Pub/Sub push in the same project counts as internal)
 # and only from their own push subscription's service account (iam.tf).

@@ -83,12 +83,16 @@ locals {
       env         = local.common_env
       secrets     = []
     }
-    # notifier: when functions/main.py gains the `notifier` entry point (it
-    # subscribes to job-events and sends webhooks), add it here with
-    # kind = "notifier", topic = local.events_topic and
-    # secrets = ["webhook-signing-key"], give the kind a sizing in
-    # variables.tf and a role set in iam.tf; pubsub.tf then creates its push
-    # subscription (give job-events a dead-letter topic then, too).
+    # Signed webhooks on each terminal job event; a failed delivery raises, so
+    # its push subscription on job-events retries with backoff, then dead-letters.
+    notifier = {
+      entry_point = "notifier"
+      kind        = "notifier"
+      backend     = null
+      topic       = local.events_topic
+      env         = local.common_env
+      secrets     = ["webhook-signing-key"]
+    }
   }
   render_functions = {
     for name, b in local.backends : "render-${name}" => {
@@ -151,6 +155,8 @@ locals {
     render = concat(local.render_topics, [local.events_topic])
     # marks jobs FAILED and says so on job-events
     dead_letter = [local.events_topic]
+    # only calls receivers' URLs
+    notifier = []
   }
   publisher_grants = merge([
     for name, f in local.functions : {

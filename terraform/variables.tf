@@ -83,7 +83,7 @@ variable "functions" {
     functions = { render = { max_instances = 50 } }.
     The render timeout bounds one invocation; a render that needs longer hands
     off to a continuation (AIPROD_RENDER_DEADLINE_S = timeout - render_handoff_margin_seconds).
-    Pub/Sub-driven kinds (intake, render, dead_letter) are capped at 570 s so their
+    Pub/Sub-driven kinds (intake, render, dead_letter, notifier) are capped at 570 s so their
     subscriptions' ack deadline (timeout + 30 s) stays within Pub/Sub's 600 s limit.
   EOT
   type = object({
@@ -119,6 +119,14 @@ variable "functions" {
       max_instances   = optional(number, 3)
       concurrency     = optional(number, 1)
     }), {})
+    notifier = optional(object({
+      memory          = optional(string, "256Mi")
+      cpu             = optional(string, "0.167")
+      timeout_seconds = optional(number, 60)
+      min_instances   = optional(number, 0)
+      max_instances   = optional(number, 10)
+      concurrency     = optional(number, 1)
+    }), {})
   })
   default = {}
 
@@ -144,10 +152,10 @@ variable "functions" {
   }
   validation {
     condition = alltrue([
-      for kind in ["intake", "render", "dead_letter"] :
+      for kind in ["intake", "render", "dead_letter", "notifier"] :
       var.functions[kind].timeout_seconds >= 10 && var.functions[kind].timeout_seconds <= 570
     ])
-    error_message = "Pub/Sub-driven functions (intake, render, dead_letter) need 10 <= timeout_seconds <= 570 so that the ack deadline (timeout + 30 s) fits Pub/Sub's 600 s maximum."
+    error_message = "Pub/Sub-driven functions (intake, render, dead_letter, notifier) need 10 <= timeout_seconds <= 570 so that the ack deadline (timeout + 30 s) fits Pub/Sub's 600 s maximum."
   }
   validation {
     condition     = var.functions.render.timeout_seconds - var.render_handoff_margin_seconds >= 60
@@ -232,5 +240,16 @@ variable "labels" {
       for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))
     ])
     error_message = "labels: keys must start with a lowercase letter; keys and values may hold lowercase letters, digits, _ and - (63 characters at most)."
+  }
+}
+
+variable "notification_channels" {
+  description = "Cloud Monitoring notification channels (projects/P/notificationChannels/ID) every alert policy of monitoring.yaml notifies. Empty: incidents open in the console only."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", c))])
+    error_message = "notification_channels must be full channel names: projects/PROJECT/notificationChannels/ID."
   }
 }

@@ -1,35 +1,45 @@
 """The REST API, served by the `api` HTTP function. Routes parse, call a service,
-and render JSON or problem+json; they hold no business rules."""
+and render JSON or problem+json; they hold no business rules.
+
+Every /v1 route but the OpenAPI document needs `Authorization: Bearer <key>`
+(services.access): the caller is checked and counted against its key's rate
+limit before routing, so an unauthenticated request learns nothing and creates
+nothing. Callers see only their own jobs.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-import uuid
+import re
 from collections.abc import Callable
 from typing import Any
 
 from flask import Request, Response
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import BaseConverter, Map, Rule
 
 from aiprod.domain import budget as budget_policy
 from aiprod.domain import routing
+from aiprod.domain.apikeys import Principal
 from aiprod.domain.health import healthy
-from aiprod.domain.job import JobRequest
+from aiprod.domain.job import Job, JobRequest
 from aiprod.domain.views import public_job
 from aiprod.problems import PROBLEM_CONTENT_TYPE, Problem, invalid_request, malformed_json
 from aiprod.runtime import Runtime
-from aiprod.services import admission, budget
+from aiprod.services import access, admission, budget
 from aiprod.services import cancel as cancellation
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 DOWNLOAD_URL_TTL = dt.timedelta(hours=1)
-ANONYMOUS = "anonymous"
+PRINCIPAL = "aiprod.principal"  # where handle() leaves the caller in the WSGI environ
+PUBLIC_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
+JOB_ID = re.compile(r"job_[0-9a-f]{32}")
+QUOTE_EXCLUDED = ("metadata", "webhook_url")
 
 Handler = Callable[[Runtime, Request, dict[str, str]], Response]
 
@@ -44,7 +54,28 @@ def _problem(problem: Problem, request: Request) -> Response:
                     headers=problem.headers, content_type=PROBLEM_CONTENT_TYPE)
 
 
-def _read_json(request: Request) -> dict[str, Any]:
+def caller(request: Request) -> Principal:
+    """The authenticated caller of a /v1 request (handle() put it there)."""
+    principal: Principal = request.environ[PRINCIPAL]
+    return principal
+
+
+def _own_job(rt: Runtime, request: Request, job_id: str) -> Job:
+    """The caller's job, or a 404 (another caller's job does not exist for them)."""
+    job = rt.store.get(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None or job.owner != caller(request).owner:
+        raise Problem(404, "job-not-found", "No such job", f"there is no job {job_id}",
+                      field="job_id")
+    return job
+
+
+def _read_json(request: Request) -> bytes:
+    """The body, checked to be a JSON object of at most MAX_BODY_BYTES."""
+    if not (request.mimetype == "application/json" or (
+            request.mimetype.startswith("application/") and request.mimetype.endswith("+json"))):
+        raise Problem(415, "unsupported-media-type", "The body must be JSON",
+                      f"send the body as application/json, not {request.mimetype or 'nothing'}",
+                      field="Content-Type")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise Problem(413, "body-too-large", "The body is too large",
                       f"bodies are limited to {MAX_BODY_BYTES} bytes", field="body")
@@ -58,12 +89,39 @@ def _read_json(request: Request) -> dict[str, Any]:
         raise malformed_json(str(error)) from error
     if not isinstance(body, dict):
         raise malformed_json("expected an object")
-    return body
+    return raw
 
 
-def _rejection_problem(rt: Runtime, rejection: routing.Rejection) -> Problem:
+def _rejection_field(rt: Runtime, request: JobRequest, reason: routing.RejectionReason,
+                     ) -> str | None:
+    """The request field a rejection is about, where one field explains it."""
+    if reason is routing.RejectionReason.QUALITY:
+        return "min_quality"
+    if reason is routing.RejectionReason.OVER_JOB_CEILING:
+        return "max_cost_usd"
+    if reason is not routing.RejectionReason.UNSUPPORTED:
+        return None
+    capabilities = [b.capabilities.get(request.mode) for b in rt.catalog.backends]
+    able = [c for c in capabilities if c is not None]
+    if not able:
+        return "image_url" if request.image_url else "prompt"
+    if not any(c.durations.allows(request.duration_seconds) for c in able):
+        return "duration_seconds"
+    if not any(request.aspect_ratio.value in c.aspect_ratios for c in able):
+        return "aspect_ratio"
+    if request.audio and not any(c.audio for c in able):
+        return "audio"
+    if request.prompt is not None and all(
+            len(request.prompt) > b.limits.max_prompt_chars for b in rt.catalog.backends):
+        return "prompt"
+    return None
+
+
+def _rejection_problem(rt: Runtime, rejection: routing.Rejection, request: JobRequest,
+                       principal: Principal) -> Problem:
     """422 when the request itself cannot be served; 503 while backends are down;
-    429 once today's budget is spent (it says when it resets)."""
+    429 once today's budget, or the API key's, is spent (it says which, and when it
+    resets)."""
     cheapest = None
     if rejection.cheapest is not None:
         cheapest = {"backend": rejection.cheapest.backend,
@@ -81,6 +139,20 @@ def _rejection_problem(rt: Runtime, rejection: routing.Rejection) -> Problem:
         headers["Retry-After"] = str(int((reset - now).total_seconds()) + 1)
         extra = {"limit": "daily_budget", "resets_at": reset.isoformat(),
                  "budget": budget.today(rt).public()}
+        own = budget.key_today(rt, principal.owner)
+        needed = budget_policy.to_micros(rejection.cheapest.estimated_cost_usd
+                                         if rejection.cheapest else 0)
+        if own is not None and own.left_micros < needed <= budget.today(rt).left_micros:
+            title = "This API key's daily budget is spent"
+            extra |= {"limit": "key_daily_budget", "budget": own.public()}
+            detail = (f"this API key's daily budget has {budget_policy.to_usd(own.left_micros)}"
+                      f" USD left; the cheapest fitting backend costs "
+                      f"{budget_policy.to_usd(needed)} USD; it resets at {reset.isoformat()}")
+            rejection = routing.Rejection(rejection.reason, detail, rejection.cheapest,
+                                          rejection.problems)
+    field = _rejection_field(rt, request, rejection.reason)
+    if field is not None:
+        extra["field"] = field
     return Problem(status, f"rejected-{rejection.reason.value.replace('_', '-')}", title,
                    rejection.detail, headers=headers, reason=rejection.reason.value,
                    cheapest=cheapest, backends=dict(rejection.problems.items()), **extra)
@@ -92,22 +164,31 @@ def _plan_body(plan: routing.Plan) -> list[dict[str, Any]]:
 
 
 def create_job(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
+    principal = caller(request)
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None:
+        access.check_idempotency_key(idempotency_key)
     try:
-        job_request = JobRequest.model_validate(_read_json(request))
+        job_request = JobRequest.model_validate_json(_read_json(request), strict=True)
     except ValidationError as error:
         raise invalid_request(error) from error
-    result = admission.admit(rt, job_request, job_id=f"job_{uuid.uuid4().hex}", owner=ANONYMOUS)
+    unsafe = admission.url_problem(rt, job_request)
+    if unsafe is not None:
+        field, reason = unsafe
+        raise Problem(400, "unsafe-url", "The URL is not allowed", f"{field}: {reason}",
+                      field=field)
+    job_id, replayed = access.job_id_for(rt, principal.owner, idempotency_key, job_request)
+    result = admission.admit(rt, job_request, job_id=job_id, owner=principal.owner)
     if isinstance(result, routing.Rejection):
-        raise _rejection_problem(rt, result)
-    body = public_job(result.job)
-    return _json(body, 201 if result.created else 200,
-                 {"Location": f"/v1/jobs/{result.job.id}"})
+        raise _rejection_problem(rt, result, job_request, principal)
+    headers = {"Location": f"/v1/jobs/{result.job.id}"}
+    if idempotency_key is not None and (replayed or not result.created):
+        headers["Idempotent-Replayed"] = "true"
+    return _json(public_job(result.job), 201 if result.created else 200, headers)
 
 
 def get_job(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
-    job = rt.store.get(args["job_id"])
-    if job is None:
-        raise Problem(404, "job-not-found", "No such job", f"there is no job {args['job_id']}")
+    job = _own_job(rt, request, args["job_id"])
     download_url = None
     if job.output is not None:
         download_url = rt.outputs.download_url(job.output.uri, DOWNLOAD_URL_TTL)
@@ -115,6 +196,7 @@ def get_job(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
 
 
 def cancel_job(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
+    _own_job(rt, request, args["job_id"])
     try:
         job = cancellation.cancel_job(rt, args["job_id"])
     except cancellation.NotCancellable as ended:
@@ -127,25 +209,38 @@ def cancel_job(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
 
 
 def get_quote(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
-    params: dict[str, Any] = dict(request.args)
-    if "metadata" in params:
-        raise Problem(400, "invalid-request", "The request is not valid",
-                      "metadata cannot be given to a quote", field="metadata")
+    principal = caller(request)
+    params: dict[str, Any] = {}
+    for name, values in request.args.lists():
+        if name in QUOTE_EXCLUDED:
+            raise Problem(400, "invalid-request", "The request is not valid",
+                          f"{name} cannot be given to a quote", field=name)
+        if len(values) > 1:
+            raise Problem(400, "invalid-request", "The request is not valid",
+                          f"{name} is given {len(values)} times", field=name)
+        params[name] = values[0]
+    if "audio" in params:  # a query string is text: only true and false are booleans
+        if params["audio"] not in ("true", "false"):
+            raise Problem(400, "invalid-request", "The request is not valid",
+                          "audio: give true or false", field="audio")
+        params["audio"] = params["audio"] == "true"
     try:
         job_request = JobRequest.model_validate(params)
     except ValidationError as error:
         raise invalid_request(error) from error
-    decision = admission.quote(rt, job_request)
+    decision = admission.quote(rt, job_request, principal.owner)
     if isinstance(decision, routing.Rejection):
-        raise _rejection_problem(rt, decision)
+        raise _rejection_problem(rt, decision, job_request, principal)
     return _json({"plan": _plan_body(decision),
                   "estimated_cost_usd": decision.estimated_cost_usd})
 
 
 def get_budget(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
     now = rt.clock()
-    return _json(budget.today(rt).public() | {"resets_at": budget_policy.resets_at(now)
-                                                           .isoformat()})
+    body = budget.today(rt).public() | {"resets_at": budget_policy.resets_at(now).isoformat()}
+    own = budget.key_today(rt, caller(request).owner)
+    body["key"] = own.public() if own is not None else None
+    return _json(body)
 
 
 def list_backends(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
@@ -167,6 +262,12 @@ def healthz(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
     return _json({"status": "ok"})
 
 
+def openapi_document(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
+    from aiprod.openapi import document
+
+    return _json(document())
+
+
 ROUTES: dict[str, Handler] = {
     "create_job": create_job,
     "get_job": get_job,
@@ -175,23 +276,45 @@ ROUTES: dict[str, Handler] = {
     "list_backends": list_backends,
     "get_budget": get_budget,
     "healthz": healthz,
+    "openapi": openapi_document,
 }
+
+class _Segment(BaseConverter):
+    """A path segment without ':', so `/v1/jobs/{id}:cancel` never reads as a job id."""
+
+    regex = "[^/:]+"
+
 
 URL_MAP = Map([
     Rule("/v1/jobs", methods=["POST"], endpoint="create_job"),
-    Rule("/v1/jobs/<job_id>", methods=["GET"], endpoint="get_job"),
-    Rule("/v1/jobs/<job_id>:cancel", methods=["POST"], endpoint="cancel_job"),
+    Rule("/v1/jobs/<segment:job_id>", methods=["GET"], endpoint="get_job"),
+    Rule("/v1/jobs/<segment:job_id>:cancel", methods=["POST"], endpoint="cancel_job"),
     Rule("/v1/quote", methods=["GET"], endpoint="get_quote"),
     Rule("/v1/backends", methods=["GET"], endpoint="list_backends"),
     Rule("/v1/budget", methods=["GET"], endpoint="get_budget"),
     Rule("/healthz", methods=["GET"], endpoint="healthz"),
-])
+    Rule("/v1/openapi.json", methods=["GET"], endpoint="openapi"),
+], converters={"segment": _Segment})
+
+
+def framework_error(request: Request, error: HTTPException) -> Response:
+    """Errors raised by the functions framework's own routing before handle() runs (a
+    path it cannot route, e.g. one with a newline): problem+json like every error."""
+    if error.code == 404:
+        return _problem(Problem(404, "not-found", "Not found",
+                                "there is nothing at this path"), request)
+    return _problem(Problem(error.code or 500, "http-error", error.name,
+                            error.description or error.name), request)
 
 
 def handle(rt: Runtime, request: Request) -> Response:
     """Route one HTTP request; every error leaves as problem+json."""
     adapter = URL_MAP.bind("", path_info=request.path)
     try:
+        if request.path.startswith("/v1") and request.path not in PUBLIC_PATHS:
+            principal = access.authenticate(rt, request.headers.get("Authorization"))
+            access.check_rate(rt, principal)
+            request.environ[PRINCIPAL] = principal
         endpoint, args = adapter.match(request.path, method=request.method)
         return ROUTES[str(endpoint)](rt, request, {k: str(v) for k, v in args.items()})
     except Problem as problem:
@@ -199,7 +322,8 @@ def handle(rt: Runtime, request: Request) -> Response:
     except MethodNotAllowed as error:
         allowed = ", ".join(sorted(error.valid_methods or []))
         return _problem(Problem(405, "method-not-allowed", "Method not allowed",
-                                f"{request.method} is not allowed here; use {allowed}"), request)
+                                f"{request.method} is not allowed here; use {allowed}",
+                                headers={"Allow": allowed}), request)
     except NotFound:
         return _problem(Problem(404, "not-found", "Not found",
                                 f"there is nothing at {request.path}"), request)

@@ -9,27 +9,33 @@ import binascii
 import hashlib
 import json
 import logging
+import re
 from typing import Any
 
+import flask
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
 
 from aiprod import api as rest
-from aiprod import logs
+from aiprod import logs, tracing
 from aiprod.domain import routing
 from aiprod.domain.events import EventType, JobEvent
 from aiprod.domain.job import JobRequest, JobStatus
 from aiprod.logs import log
+from aiprod.openapi import JOB_REQUEST_SCHEMA_ID
 from aiprod.problems import invalid_request
 from aiprod.runtime import get_runtime
-from aiprod.services import admission
+from aiprod.services import admission, telemetry, webhooks
 from aiprod.services.deadletter import handle_dead_letter
 from aiprod.services.messages import RenderMessage
 from aiprod.services.render import handle_render
 
 logger = logging.getLogger(__name__)
 logs.configure()
+
+PUBLISHER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class PubSubMessage:
@@ -46,10 +52,17 @@ class PubSubMessage:
         return json.loads(self.raw)
 
 
+@tracing.http_entry
 def api(request: Request) -> Response:
     return rest.handle(get_runtime(), request)
 
 
+def http_error(error: HTTPException) -> Response:
+    """An HTTP error the framework raised itself (it could not route the request)."""
+    return rest.framework_error(flask.request, error)
+
+
+@tracing.event_entry
 def render(event: CloudEvent) -> None:
     message = PubSubMessage(event)
     rt = get_runtime()
@@ -73,22 +86,46 @@ def intake_job_id(message: PubSubMessage) -> str:
     return "job_" + hashlib.sha256(f"pubsub:{key}".encode()).hexdigest()[:32]
 
 
+def intake_owner(message: PubSubMessage) -> str:
+    """Who published it: the topic's IAM is the gate (only granted publishers get
+    here); the `publisher` attribute names the system, for attribution."""
+    publisher = message.attributes.get("publisher", "")
+    if not PUBLISHER.fullmatch(publisher):
+        publisher = "unnamed"
+    return f"pubsub:{publisher}"
+
+
+@tracing.event_entry
 def intake(event: CloudEvent) -> None:
-    """Admit a job another system published; answer bad ones on job-events."""
+    """Admit a job another system published; answer bad ones on job-events.
+
+    The message is the same JSON as the POST /v1/jobs body, checked as strictly
+    (schemas/job-request.v1.json). A message that can never be admitted is
+    acknowledged, not retried, and answered with a REJECTED event carrying the
+    reason and the publisher's correlation_id.
+    """
     message = PubSubMessage(event)
     rt = get_runtime()
     correlation_id = message.attributes.get("correlation_id")
     job_id = intake_job_id(message)
     try:
-        request = JobRequest.model_validate(message.json())
+        if not isinstance(json.loads(message.raw), dict):
+            raise ValueError("expected a JSON object")
+        request = JobRequest.model_validate_json(message.raw, strict=True)
     except (ValueError, binascii.Error, ValidationError) as error:
         if isinstance(error, ValidationError):
             reason = invalid_request(error).detail
         else:
             reason = f"the message is not a JSON job request: {error}"
+        telemetry.rejected("invalid_request", job_id)
         _reject(job_id, correlation_id, reason, "invalid-request")
         return
-    result = admission.admit(rt, request, job_id=job_id, owner="pubsub",
+    unsafe = admission.url_problem(rt, request)
+    if unsafe is not None:
+        telemetry.rejected("unsafe_url", job_id)
+        _reject(job_id, correlation_id, f"{unsafe[0]}: {unsafe[1]}", "unsafe-url")
+        return
+    result = admission.admit(rt, request, job_id=job_id, owner=intake_owner(message),
                              correlation_id=correlation_id)
     if isinstance(result, routing.Rejection):
         _reject(job_id, correlation_id, result.detail, result.reason.value)
@@ -101,12 +138,27 @@ def _reject(job_id: str, correlation_id: str | None, reason: str, code: str) -> 
     event = JobEvent(event_id=f"{job_id}:{EventType.REJECTED.value}", type=EventType.REJECTED,
                      job_id=job_id, status=JobStatus.REJECTED, at=rt.clock(), reason=reason,
                      correlation_id=correlation_id)
-    rt.bus.publish(rt.settings.events_topic, event.model_dump(mode="json") | {"code": code},
+    rt.bus.publish(rt.settings.events_topic, event.model_dump(mode="json")
+                   | {"code": code, "schema": JOB_REQUEST_SCHEMA_ID},
                    {"job_id": job_id, "type": event.type.value, "status": "REJECTED",
                     "event_id": event.event_id, **({"correlation_id": correlation_id}
                                                    if correlation_id else {})})
 
 
+@tracing.event_entry
+def notifier(event: CloudEvent) -> None:
+    """Send a job's webhook on its terminal event (raises so Pub/Sub retries)."""
+    message = PubSubMessage(event)
+    try:
+        payload = message.json()
+    except ValueError:
+        log(logger, logging.ERROR, "unreadable job event dropped", message_id=message.id)
+        return
+    if isinstance(payload, dict):
+        webhooks.deliver(get_runtime(), payload)
+
+
+@tracing.event_entry
 def dead_letter(event: CloudEvent) -> None:
     message = PubSubMessage(event)
     try:

@@ -38,7 +38,10 @@ def invalid_request(error: ValidationError) -> Problem:
     errors = []
     for item in error.errors(include_url=False, include_input=False):
         field = ".".join(str(part) for part in item["loc"]) or "body"
-        errors.append({"field": field, "message": item["msg"]})
+        message = item["msg"]
+        if item["type"] == "string_pattern_mismatch" and field == "prompt":
+            message = "the prompt must not contain control characters (tab and newline are fine)"
+        errors.append({"field": field, "message": message})
     first = errors[0] if errors else {"field": "body", "message": "invalid"}
     detail = f"{first['field']}: {first['message']}"
     if len(errors) > 1:

@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aiprod.adapters.access import AccessStore, FirestoreAccess
 from aiprod.adapters.bus import Bus, PubSubBus
 from aiprod.adapters.health import FirestoreHealth
 from aiprod.adapters.ledger import FirestoreLedger, Ledger
+from aiprod.adapters.metered import metered
 from aiprod.adapters.providers import make_provider
 from aiprod.adapters.providers.base import VideoProvider
 from aiprod.adapters.storage import OutputStore, output_store_for
@@ -32,13 +34,15 @@ class Runtime:
     outputs: OutputStore
     ledger: Ledger
     health: FirestoreHealth
+    access: AccessStore  # API keys, request counters, Idempotency-Key records
     clock: Callable[[], dt.datetime] = utcnow
     sleep: Callable[[float], None] = time.sleep
     _providers: dict[str, VideoProvider] = field(default_factory=dict)
 
     def provider(self, backend: str) -> VideoProvider:
         if backend not in self._providers:
-            self._providers[backend] = make_provider(self.catalog.get(backend), self.settings)
+            spec = self.catalog.get(backend)
+            self._providers[backend] = metered(make_provider(spec, self.settings), spec)
         return self._providers[backend]
 
 
@@ -56,4 +60,5 @@ def get_runtime() -> Runtime:
         outputs=output_store_for(settings.output_uri),
         ledger=FirestoreLedger(client),
         health=FirestoreHealth(client),
+        access=FirestoreAccess(client),
     )

@@ -39,9 +39,13 @@ class Topology:
 
 def topology(catalog: Catalog, settings: Settings) -> Topology:
     functions = [Function("api", "api"), Function("intake", "intake"),
-                 Function("dead-letter", "dead_letter")]
+                 Function("dead-letter", "dead_letter"), Function("notifier", "notifier")]
     subscriptions = [PushSubscription("intake", settings.intake_topic, "intake",
-                                      settings.intake_topic + DEAD_LETTER_SUFFIX)]
+                                      settings.intake_topic + DEAD_LETTER_SUFFIX),
+                     # webhooks: every job event reaches the notifier, which sends the
+                     # terminal ones and raises on a failed delivery (Pub/Sub retries)
+                     PushSubscription("notifier", settings.events_topic, "notifier",
+                                      settings.events_topic + DEAD_LETTER_SUFFIX)]
     for backend in catalog.backends:
         name = f"render-{backend.name}"
         functions.append(Function(name, "render", (("BACKEND", backend.name),)))
@@ -51,8 +55,9 @@ def topology(catalog: Catalog, settings: Settings) -> Topology:
     dead_letter_topics = [s.dead_letter_topic for s in subscriptions if s.dead_letter_topic]
     for topic in dead_letter_topics:
         subscriptions.append(PushSubscription(topic, topic, "dead-letter", None))
+    topics = dict.fromkeys([*work_topics, *dead_letter_topics, settings.events_topic])
     return Topology(
-        topics=(*work_topics, *dead_letter_topics, settings.events_topic),
+        topics=tuple(topics),
         functions=tuple(functions),
         subscriptions=tuple(subscriptions),
     )

@@ -33,17 +33,17 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 @pytest.fixture
-def fresh(tight: LocalStack) -> Iterator[LocalStack]:
+def fresh(tight: LocalStack) -> LocalStack:
     tight.reset_sims()
     tight.reset_health()
     tight.reset_budget()
-    yield tight
+    return tight
 
 
 def test_a_burst_never_spends_past_the_daily_limit(fresh: LocalStack) -> None:
     def submit(n: int) -> httpx.Response:
         return httpx.post(f"{fresh.api}/v1/jobs", json={"prompt": f"budget burst {n}"},
-                          timeout=60)
+                          headers=fresh.auth, timeout=60)
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         replies = list(pool.map(submit, range(12)))
@@ -60,15 +60,18 @@ def test_a_burst_never_spends_past_the_daily_limit(fresh: LocalStack) -> None:
     spent = sum(j["cost_usd"] for j in jobs)
 
     assert spent <= LIMIT_USD + 1e-9
-    assert len(succeeded) == 5, [(j["status"], [(a["backend"], a["status"], a["error"]) for a in j["attempts"]]) for j in jobs]  # the budget was used, not wasted
+    assert len(succeeded) == 5, [  # the budget was used, not wasted
+        (j["status"], [(a["backend"], a["status"], a["error"]) for a in j["attempts"]])
+        for j in jobs]
     for job in jobs:
         if job["status"] == "FAILED":
             assert {a["error"]["code"] for a in job["attempts"]} == {"budget_exhausted"}
-    figures = httpx.get(f"{fresh.api}/v1/budget", timeout=30).json()
+    figures = httpx.get(f"{fresh.api}/v1/budget", headers=fresh.auth, timeout=30).json()
     assert figures["reserved_usd"] == 0  # every hold settled or released
     assert figures["spent_usd"] == pytest.approx(spent)
     assert figures["threshold"] == "critical"
-    after = httpx.post(f"{fresh.api}/v1/jobs", json={"prompt": "one more"}, timeout=30)
+    after = httpx.post(f"{fresh.api}/v1/jobs", json={"prompt": "one more"},
+                       headers=fresh.auth, timeout=30)
     assert after.status_code == 429
     assert after.json()["type"] == "urn:aiprod:problem:rejected-budget-exhausted"
 
@@ -117,7 +120,8 @@ def test_a_failing_backend_gets_no_more_calls_than_the_strike_count(
         calls = local.sim_stats("replicate")["requests"]
         assert 1 <= calls <= 3
         backends = {b["name"]: b for b in
-                    httpx.get(f"{local.api}/v1/backends", timeout=30).json()["backends"]}
+                    httpx.get(f"{local.api}/v1/backends", headers=local.auth,
+                              timeout=30).json()["backends"]}
         assert backends["replicate-seedance"]["health"]["state"] == "open"
         for job in jobs:  # every job fell back and rendered elsewhere
             done = local.wait(job.id, timeout=60)
@@ -137,7 +141,8 @@ def test_a_failing_backend_gets_no_more_calls_than_the_strike_count(
         outcomes = [local.wait(job.id, timeout=60) for job in probes]
         assert sum(o["attempts"][0]["status"] == "SUCCEEDED" for o in outcomes) == 1
         backends = {b["name"]: b for b in
-                    httpx.get(f"{local.api}/v1/backends", timeout=30).json()["backends"]}
+                    httpx.get(f"{local.api}/v1/backends", headers=local.auth,
+                              timeout=30).json()["backends"]}
         assert backends["replicate-seedance"]["health"]["state"] == "closed"
     finally:
         os.killpg(second.pid, 15)
@@ -151,6 +156,7 @@ def test_a_throttled_backend_is_not_struck(local: LocalStack) -> None:
         done = local.wait(job["id"], timeout=60)
         assert done["attempts"][0]["error"]["class"] == "transient"
     backends = {b["name"]: b for b in
-                httpx.get(f"{local.api}/v1/backends", timeout=30).json()["backends"]}
+                httpx.get(f"{local.api}/v1/backends", headers=local.auth,
+                          timeout=30).json()["backends"]}
     assert backends["replicate-seedance"]["health"]["state"] == "closed"
     assert backends["replicate-seedance"]["health"]["strikes"] == 0

@@ -134,7 +134,7 @@ def test_a_malformed_request_gets_problem_json_and_creates_nothing(
     before = jobs_in_firestore()
 
     response = httpx.post(f"{local.api}/v1/jobs", content=body,
-                          headers={"Content-Type": "application/json"}, timeout=30)
+                          headers={"Content-Type": "application/json", **local.auth}, timeout=30)
 
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
@@ -149,7 +149,8 @@ def test_a_malformed_request_gets_problem_json_and_creates_nothing(
 
 def test_a_request_no_backend_can_render_is_refused_with_reasons(local: LocalStack) -> None:
     response = httpx.post(f"{local.api}/v1/jobs", json={"prompt": "fox",
-                                                        "duration_seconds": 45}, timeout=30)
+                                                        "duration_seconds": 45},
+                          headers=local.auth, timeout=30)
     assert response.status_code == 422
     problem = response.json()
     assert problem["reason"] == "unsupported"

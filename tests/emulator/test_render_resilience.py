@@ -71,7 +71,8 @@ def test_cancelling_mid_render_stops_the_provider_task_and_records_nothing_more(
     local.wait(job["id"], until=lambda j: bool(j["attempts"])
                and bool(j["attempts"][0]["provider_task_id"]))
 
-    reply = httpx.post(f"{local.api}/v1/jobs/{job['id']}:cancel", timeout=30)
+    reply = httpx.post(f"{local.api}/v1/jobs/{job['id']}:cancel", headers=local.auth,
+                       timeout=30)
 
     assert reply.status_code == 200, reply.text
     assert reply.json()["status"] == "CANCELLED"
@@ -83,7 +84,8 @@ def test_cancelling_mid_render_stops_the_provider_task_and_records_nothing_more(
     assert final["output"] is None
     assert final["cost_usd"] == 0
     assert [a["status"] for a in final["attempts"]] == ["CANCELLED"]
-    again = httpx.post(f"{local.api}/v1/jobs/{job['id']}:cancel", timeout=30)
+    again = httpx.post(f"{local.api}/v1/jobs/{job['id']}:cancel", headers=local.auth,
+                       timeout=30)
     assert again.status_code == 409
     assert again.json()["type"] == "urn:aiprod:problem:job-already-ended"
 

@@ -27,7 +27,7 @@ from tests.infra import tfconfig
 
 REPO = tfconfig.REPO
 PACKAGE = REPO / "tools" / "package.py"
-ENTRY_POINTS = ("api", "intake", "render", "dead_letter")
+ENTRY_POINTS = ("api", "intake", "render", "dead_letter", "notifier")
 
 
 def build(output: Path) -> Path:
@@ -174,6 +174,12 @@ def test_each_entry_point_starts_from_the_archive(installed: Path) -> None:
         # A dead-lettered intake message is logged and acknowledged without I/O.
         assert call("dead_letter", "POST", "/projects/p/topics/video-jobs-dead-letter",
                     push_body(b"{}")).status_code == 200
+        # The OpenAPI document is generated from the models inside the archive too.
+        document = call("api", "GET", "/v1/openapi.json")
+        assert (document.status_code, document.json()["openapi"]) == (200, "3.1.0")
+        # A job event that is not terminal sends no webhook: acknowledged without I/O.
+        assert call("notifier", "POST", "/projects/p/topics/job-events", push_body(
+            b'{"event_id": "job_1:job.queued", "type": "job.queued"}')).status_code == 200
         # intake would answer on job-events (Pub/Sub): check it serves HTTP at all.
         assert call("intake", "POST", "/", {"not": "a push body"}).status_code < 600
     finally:

@@ -43,12 +43,17 @@ DEFAULTED = {
     "veo_base_url": "empty means Google's regional Vertex AI endpoint",
     "veo_access_token": "empty means Application Default Credentials: Veo runs as the "
                         "function's own service account (roles/aiplatform.user), no key",
+    "default_rate_limit_rpm": "requests a minute for keys without their own --rpm: the code "
+                              "default (600) is the documented value",
+    "webhook_timeout_s": "webhook request timeout: the code default is the tested value",
+    "webhook_allow_hosts": "development override of the webhook address rules: production "
+                           "must leave it empty, so Terraform never sets it",
 }
 # Settings only some functions read (all others: every function).
 SCOPED_TO_KIND = {
     "backend": "render",
     "render_deadline_s": "render",
-    "webhook_signing_key": "notifier",  # the webhook sender (not deployed yet)
+    "webhook_signing_key": "notifier",  # the webhook sender
 }
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)$")
 
@@ -501,7 +506,7 @@ def test_each_render_function_gets_only_its_providers_secret(deployment: Deploym
               "veo": set()}
     for name, fn in functions(deployment).items():
         expected = wanted[CATALOG.get(str(backend_of(fn))).provider] if kind(fn) == "render" \
-            else set()
+            else {"AIPROD_WEBHOOK_SIGNING_KEY"} if kind(fn) == "notifier" else set()
         assert set(secret_env(fn)) == expected, name
 
 
@@ -619,7 +624,8 @@ def test_pubsub_service_agent_can_dead_letter(deployment: Deployment) -> None:
 def test_firestore_ttl_policies(deployment: Deployment) -> None:
     fields = {(f.get("collection"), f.get("field")): f
               for f in deployment.instances("google_firestore_field", "ttl").values()}
-    assert set(fields) == {("idempotency_keys", "expires_at"), ("events", "expires_at")}
+    assert set(fields) == {("idempotency_keys", "expires_at"), ("events", "expires_at"),
+                           ("rate_limits", "expires_at")}
     for field in fields.values():
         assert field.blocks("ttl_config"), field.address
         assert deployment.resolve(field.get("database")).type == "google_firestore_database"
@@ -635,10 +641,15 @@ def test_output_bucket_is_private_uniform_and_expires_outputs(deployment: Deploy
 
 
 def test_monitoring_reads_monitoring_yaml(tf_config: tfconfig.Config, tmp_path: Path) -> None:
-    yaml_text = "metrics: [{name: jobs_finished}]\nalerts: []\nslos: []\n"
+    """monitoring.yaml is read with yamldecode, not copied (tests/infra/test_monitoring.py
+    checks what is built from it)."""
+    spec = yaml.safe_load((tfconfig.REPO / "monitoring.yaml").read_text())
+    spec["metrics"].append({"name": "jobs_finished", "kind": "counter", "unit": "1",
+                            "labels": ["backend"], "description": "x"})
     evaluated = tfconfig.evaluate_locals(tf_config, tmp_path, {"project_id": PROJECT},
-                                         monitoring=yaml_text)
-    assert evaluated.locals["monitoring"]["metrics"] == [{"name": "jobs_finished"}]
+                                         monitoring=yaml.safe_dump(spec))
+    assert evaluated.locals["monitoring"]["metrics"][-1]["name"] == "jobs_finished"
+    assert evaluated.locals["log_metrics"]["jobs_finished"]["name"] == "aiprod_jobs_finished"
     with pytest.raises(tfconfig.TerraformError, match=r"(?i)yaml"):
         tfconfig.evaluate_locals(tf_config, tmp_path / "bad", {"project_id": PROJECT},
                                  monitoring="metrics: [unclosed\n")

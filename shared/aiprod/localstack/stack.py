@@ -3,9 +3,11 @@ background supervisor process; see control.py)."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -22,6 +24,10 @@ from aiprod.topology import MAX_DELIVERY_ATTEMPTS, topology
 PROJECT = "aiprod-local"
 FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
 STATE_FILE = "state.json"
+# Secrets the stack makes for itself, in its state folder (mode 0600), never logged:
+API_KEY_FILE = "api-key"                     # a dev API key for the CLI and the demo
+WEBHOOK_KEY_FILE = "webhook-signing-key"     # the whsec_ key webhooks are signed with
+DEV_KEY_RPM = 100_000
 DEFAULT_PORT_BASE = 8700
 PROVIDERS = ("runway", "veo", "replicate")
 # What the simulators accept: well-formed, worthless outside this machine.
@@ -128,7 +134,11 @@ class Stack:
         }
         passed = {k: v for k, v in os.environ.items()
                   if k.startswith("AIPROD_") and not k.startswith("AIPROD_DEV_")}
+        self.webhook_signing_key = (passed.get("AIPROD_WEBHOOK_SIGNING_KEY")
+                                    or "whsec_" + base64.b64encode(secrets.token_bytes(32))
+                                    .decode())
         self.function_env = tunables | passed | self.env | LOCAL_CREDENTIALS | {
+            "AIPROD_WEBHOOK_SIGNING_KEY": self.webhook_signing_key,
             "AIPROD_RUNWAY_BASE_URL": self.simulators["runway"].url,
             "AIPROD_REPLICATE_BASE_URL": self.simulators["replicate"].url,
             "AIPROD_VEO_BASE_URL": self.simulators["veo"].url,
@@ -163,6 +173,7 @@ class Stack:
         for emulator in self.emulators:
             emulator.wait_ready(60)
         self._create_topology()
+        self._write_secrets()
         for part in [*self.simulators.values(), *self.functions.values()]:
             part.wait_ready(60 if part.kind == "function" else 30)
         self.write_state(ready=True)
@@ -192,6 +203,22 @@ class Stack:
                     "dead_letter_topic": publisher.topic_path(PROJECT, sub.dead_letter_topic),
                     "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS}
             subscriber.create_subscription(request=request)
+
+    def _write_secrets(self) -> None:
+        """A dev API key (created in the emulator) and the webhook signing key, each in
+        a file only this user can read; the CLI and the demo use the first."""
+        from google.cloud import firestore
+
+        from aiprod.adapters.access import FirestoreAccess
+        from aiprod.services.access import create_key
+
+        _, key = create_key(FirestoreAccess(firestore.Client(project=PROJECT)), "local-dev",
+                            rate_limit_rpm=DEV_KEY_RPM)
+        for name, value in ((API_KEY_FILE, key), (WEBHOOK_KEY_FILE, self.webhook_signing_key)):
+            path = self.state_dir / name
+            path.unlink(missing_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(value + "\n")
 
     def supervise(self) -> None:
         """Like the platform starting a new instance: restart a function that dies."""
@@ -224,6 +251,8 @@ class Stack:
             "state_dir": str(self.state_dir),
             "api_url": self.functions["api"].url,
             "output_dir": str(self.state_dir / "store"),
+            "api_key_file": str(self.state_dir / API_KEY_FILE),
+            "webhook_signing_key_file": str(self.state_dir / WEBHOOK_KEY_FILE),
             "env": self.env,
             "parts": [{"name": p.name, "kind": p.kind, "url": p.url, "pid": p.pid,
                        "alive": p.alive(), "restarts": p.restarts, "log": str(p.log_path)}

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from aiprod import netsafety
 from aiprod.domain import budget as budget_policy
 from aiprod.domain import health as health_policy
 from aiprod.domain import routing
@@ -13,7 +14,7 @@ from aiprod.domain.events import EventType
 from aiprod.domain.job import Job, JobRequest, JobStatus
 from aiprod.logs import log
 from aiprod.runtime import Runtime
-from aiprod.services import budget
+from aiprod.services import budget, telemetry
 from aiprod.services.publishing import dispatch, emit
 
 logger = logging.getLogger(__name__)
@@ -25,14 +26,35 @@ class Admitted:
     created: bool  # False: this job id already existed (a retried submission)
 
 
-def quote(rt: Runtime, request: JobRequest) -> routing.Plan | routing.Rejection:
-    """The plan for `request` given every backend's health and today's budget."""
+def quote(rt: Runtime, request: JobRequest,
+          owner: str | None = None) -> routing.Plan | routing.Rejection:
+    """The plan for `request` given every backend's health, today's budget and, for
+    a caller whose API key has one, that key's daily budget."""
     now = rt.clock()
     cooldown = dt.timedelta(seconds=rt.settings.circuit_cooldown_s)
     healthy = {name: health_policy.healthy(state, now, cooldown)
                for name, state in rt.health.all(rt.catalog.names).items()}
-    left = budget_policy.to_usd(budget.today(rt).left_micros)
-    return routing.plan(request, rt.catalog, healthy, left)
+    left_micros = budget.today(rt).left_micros
+    own = budget.key_today(rt, owner) if owner else None
+    if own is not None:
+        left_micros = min(left_micros, own.left_micros)
+    return routing.plan(request, rt.catalog, healthy, budget_policy.to_usd(left_micros))
+
+
+def url_problem(rt: Runtime, request: JobRequest) -> tuple[str, str] | None:
+    """The field and reason of a URL AIPROD may not call (aiprod.netsafety): the
+    webhook_url, or an https image_url (checked again when it is fetched)."""
+    urls = [("webhook_url", request.webhook_url, rt.settings.webhook_allow_hosts)]
+    if request.image_url is not None and request.image_url.startswith("https://"):
+        urls.append(("image_url", request.image_url, rt.settings.image_allow_hosts))
+    for field, url, allowed in urls:
+        if url is None:
+            continue
+        try:
+            netsafety.check_url(url, allow_hosts=netsafety.parse_allow_hosts(allowed))
+        except netsafety.UnsafeURL as unsafe:
+            return field, str(unsafe)
+    return None
 
 
 def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
@@ -47,10 +69,11 @@ def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
         _ensure_dispatched(rt, existing)
         return Admitted(existing, created=False)
 
-    decision = quote(rt, request)
+    decision = quote(rt, request, owner)
     if isinstance(decision, routing.Rejection):
         log(logger, logging.INFO, f"job rejected: {decision.detail}", job_id=job_id,
             reason=decision.reason.value, owner=owner, correlation_id=correlation_id)
+        telemetry.rejected(decision.reason.value, job_id)
         return decision
 
     now = rt.clock()
@@ -64,6 +87,7 @@ def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
         return Admitted(stored, created=False)
     log(logger, logging.INFO, "job admitted", job_id=job_id, plan=job.plan, owner=owner,
         estimated_cost_usd=job.estimated_cost_usd, correlation_id=correlation_id)
+    telemetry.admitted(job)
     dispatch(rt, job, job.plan[0], 0)
     emit(rt, job, EventType.QUEUED)
     return Admitted(job, created=True)

@@ -8,10 +8,12 @@ import logging
 
 from aiprod.adapters.ledger import GLOBAL, Scope
 from aiprod.domain import budget
+from aiprod.domain.apikeys import key_of_owner
 from aiprod.domain.budget import DayFigures, Threshold
 from aiprod.domain.job import Attempt, AttemptStatus, Job
 from aiprod.logs import log
 from aiprod.runtime import Runtime
+from aiprod.services import telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +22,22 @@ def global_scope(rt: Runtime) -> Scope:
     return Scope(GLOBAL, budget.to_micros(rt.settings.daily_budget_usd))
 
 
+def key_scope(rt: Runtime, owner: str) -> Scope | None:
+    """The daily budget of the API key behind `owner`, if it has one."""
+    key_id = key_of_owner(owner)
+    key = rt.access.get_key(key_id) if key_id else None
+    if key is None or key.daily_budget_usd is None:
+        return None
+    return Scope(f"key:{key.id}", budget.to_micros(key.daily_budget_usd))
+
+
 def scopes_for(rt: Runtime, job: Job) -> list[Scope]:
-    return [global_scope(rt)]
+    """Every limit a job's money counts against: the day's, and its API key's."""
+    scopes = [global_scope(rt)]
+    own = key_scope(rt, job.owner)
+    if own is not None:
+        scopes.append(own)
+    return scopes
 
 
 def reservation_id(job: Job, index: int) -> str:
@@ -31,6 +47,14 @@ def reservation_id(job: Job, index: int) -> str:
 def today(rt: Runtime) -> DayFigures:
     return rt.ledger.figures(budget.ledger_day(rt.clock()), global_scope(rt),
                              budget.to_micros(rt.settings.daily_budget_warn_usd))
+
+
+def key_today(rt: Runtime, owner: str) -> DayFigures | None:
+    """Today's figures for the API key behind `owner`, if it has a daily budget."""
+    scope = key_scope(rt, owner)
+    if scope is None:
+        return None
+    return rt.ledger.figures(budget.ledger_day(rt.clock()), scope, scope.limit_micros)
 
 
 def reserve(rt: Runtime, job: Job, index: int, amount_usd: float) -> str | None:
@@ -69,6 +93,7 @@ def check_thresholds(rt: Runtime, day: str) -> Threshold:
     """Announce the day's warning and critical thresholds, once each."""
     figures = rt.ledger.figures(day, global_scope(rt),
                                 budget.to_micros(rt.settings.daily_budget_warn_usd))
+    telemetry.budget_level(figures, today=budget.ledger_day(rt.clock()))
     level = figures.threshold
     if level is not Threshold.OK and rt.ledger.first_crossing(day, level.value):
         log(logger, logging.WARNING if level is Threshold.WARNING else logging.ERROR,

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from aiprod.domain import lifecycle
 from aiprod.logs import log
 from aiprod.runtime import Runtime
-from aiprod.services import budget
+from aiprod.services import budget, telemetry
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import emit_terminal
 
@@ -21,6 +21,7 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
     source = attributes.get("CloudPubSubDeadLetterSourceSubscription", "unknown subscription")
     attempts = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "?")
     job_id = payload.get("job_id") or attributes.get("job_id")
+    telemetry.dead_lettered(source, job_id)
     if "event_id" in payload and "type" in payload:
         # A job event the notifier could not deliver: the job itself is finished.
         log(logger, logging.ERROR, "webhook delivery gave up", source=source,
@@ -46,4 +47,5 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
             rt.provider(attempt.backend).cancel(attempt.provider_task_id)
         budget.close(rt, job, index)  # release, or settle what the provider may have billed
     if changed:
+        telemetry.ended(job)
         emit_terminal(rt, job)

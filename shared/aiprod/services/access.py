@@ -1,0 +1,126 @@
+"""Who may call the API, how often, and what a retried POST returns.
+
+- API keys: created by operators (`aiprod keys create`, which writes Firestore
+  directly), checked on every /v1 request with one document read.
+- Rate limit: requests per minute per key, a fixed window counted in Firestore
+  (adapters.access), so every API instance shares it.
+- Idempotency-Key: the first POST with a key stores a record naming the job id
+  it will create and a fingerprint of its body; any later POST with the same key
+  (concurrent ones too: the record is created once) gets that job id, so
+  admission (idempotent per job id) returns the same job; another body is a 422.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+import uuid
+
+from aiprod.adapters.access import AccessStore, IdempotencyRecord
+from aiprod.domain.apikeys import ApiKey, Principal, hash_key, key_id_of, matches, new_key
+from aiprod.domain.job import JobRequest
+from aiprod.problems import Problem
+from aiprod.runtime import Runtime
+
+IDEMPOTENCY_TTL = dt.timedelta(hours=24)
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_BEARER = re.compile(r"Bearer[ \t]+(\S+)[ \t]*", re.IGNORECASE)
+REALM = 'Bearer realm="aiprod"'
+
+
+def create_key(store: AccessStore, name: str, *, daily_budget_usd: float | None = None,
+               rate_limit_rpm: int | None = None,
+               now: dt.datetime | None = None) -> tuple[ApiKey, str]:
+    """Store a new key's hash; return the record and the key (shown once, never stored)."""
+    key_id, key = new_key()
+    record = ApiKey(id=key_id, name=name, hash=hash_key(key),
+                    created_at=now or dt.datetime.now(dt.UTC),
+                    daily_budget_usd=daily_budget_usd, rate_limit_rpm=rate_limit_rpm)
+    store.create_key(record)
+    return record, key
+
+
+def _unauthorized(slug: str, title: str, detail: str, error: str | None = None) -> Problem:
+    challenge = REALM + (f', error="{error}"' if error else "")
+    return Problem(401, slug, title, detail, headers={"WWW-Authenticate": challenge},
+                   field="Authorization")
+
+
+def authenticate(rt: Runtime, authorization: str | None) -> Principal:
+    """The caller named by an `Authorization: Bearer <key>` header, or a 401."""
+    if not authorization or not authorization.strip():
+        raise _unauthorized("unauthenticated", "Authentication required",
+                            "send your API key in the header `Authorization: Bearer <key>`")
+    match = _BEARER.fullmatch(authorization.strip())
+    if match is None:
+        raise _unauthorized("unauthenticated", "Authentication required",
+                            "the Authorization header must be `Bearer <key>`", "invalid_request")
+    token = match.group(1)
+    key_id = key_id_of(token)
+    key = rt.access.get_key(key_id) if key_id else None
+    if key is None or not matches(token, key.hash):
+        raise _unauthorized("invalid-api-key", "The API key is not valid",
+                            "this API key is unknown; check it, or ask for a new one",
+                            "invalid_token")
+    if key.revoked_at is not None:
+        raise _unauthorized("revoked-api-key", "The API key was revoked",
+                            f"this API key was revoked at {key.revoked_at.isoformat()}",
+                            "invalid_token")
+    return Principal(key_id=key.id, name=key.name, daily_budget_usd=key.daily_budget_usd,
+                     rate_limit_rpm=key.rate_limit_rpm or rt.settings.default_rate_limit_rpm)
+
+
+def check_rate(rt: Runtime, principal: Principal) -> None:
+    """Count this request against the key's minute; a 429 past its limit."""
+    now = rt.clock()
+    window = now.astimezone(dt.UTC).replace(second=0, microsecond=0)
+    resets = window + dt.timedelta(minutes=1)
+    count = rt.access.count_request(principal.key_id, window, resets + dt.timedelta(minutes=1))
+    limit = principal.rate_limit_rpm
+    if count > limit:
+        wait = max(1, math.ceil((resets - now).total_seconds()))
+        raise Problem(429, "rate-limited", "Too many requests",
+                      f"this API key may make {limit} requests a minute; the limit resets at "
+                      f"{resets.isoformat()} (in {wait} s)",
+                      headers={"Retry-After": str(wait), "RateLimit-Limit": str(limit),
+                               "RateLimit-Remaining": "0", "RateLimit-Reset": str(wait)},
+                      limit="requests_per_minute", limit_value=limit,
+                      resets_at=resets.isoformat())
+
+
+def fingerprint(request: JobRequest) -> str:
+    """Equal for bodies that ask for the same job (key order and spacing aside)."""
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_idempotency_key(value: str) -> str:
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise Problem(400, "invalid-idempotency-key", "The Idempotency-Key is not valid",
+                      "an Idempotency-Key is 1 to 255 visible ASCII characters, e.g. a UUID",
+                      field="Idempotency-Key")
+    return value
+
+
+def job_id_for(rt: Runtime, owner: str, idempotency_key: str | None,
+               request: JobRequest) -> tuple[str, bool]:
+    """The job id for this POST, and whether an earlier POST with the same key chose it."""
+    if idempotency_key is None:
+        return f"job_{uuid.uuid4().hex}", False
+    now = rt.clock()
+    record_id = hashlib.sha256(f"{owner}\n{idempotency_key}".encode()).hexdigest()
+    wanted = IdempotencyRecord(owner=owner, fingerprint=fingerprint(request),
+                               job_id=f"job_{uuid.uuid4().hex}", created_at=now,
+                               expires_at=now + IDEMPOTENCY_TTL)
+    stored = rt.access.claim_idempotency(record_id, wanted, now)
+    if stored.fingerprint != wanted.fingerprint:
+        raise Problem(422, "idempotency-key-reused", "The Idempotency-Key was used for "
+                      "another request",
+                      "this Idempotency-Key was first used with a different body (until "
+                      f"{stored.expires_at.isoformat()}); use a new key for a new job",
+                      field="Idempotency-Key", job_id=stored.job_id)
+    return stored.job_id, stored.job_id != wanted.job_id
