@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # Development only: comma-separated hosts exempt from the address rules (and
     # allowed plain http), e.g. 127.0.0.1 for a local receiver. Production: empty.
     webhook_allow_hosts: str = ""
+    # Development only, likewise, for input image URLs fetched by AIPROD.
+    image_allow_hosts: str = ""
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path)

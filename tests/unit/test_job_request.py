@@ -43,7 +43,7 @@ def test_image_sources_accepted(url: str) -> None:
     assert JobRequest(image_url=url).image_url == url
 
 
-@pytest.mark.parametrize("url", ["http://example.com/a.png", "ftp://example.com/a.png",
+@pytest.mark.parametrize("url", ["ftp://example.com/a.png",
                                  "file:///etc/passwd", "data:text/html;base64,PGgxPg==",
                                  "data:image/png,rawbytes"])
 def test_other_image_sources_are_refused(url: str) -> None:

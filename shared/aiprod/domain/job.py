@@ -43,7 +43,11 @@ MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 class JobRequest(BaseModel):
     """The body of POST /v1/jobs and of a message on the intake topic."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False,
+                              json_schema_extra={"examples": [
+                                  {"prompt": "a red fox running through fresh snow, golden hour",
+                                   "duration_seconds": 5, "aspect_ratio": "16:9",
+                                   "metadata": {"order": "1042"}}]})
 
     schema_version: Literal[1] = 1
     prompt: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
@@ -70,7 +74,9 @@ class JobRequest(BaseModel):
     @field_validator("image_url")
     @classmethod
     def _image_source(cls, url: str | None) -> str | None:
-        if url is None or url.startswith(("https://", "gs://", *IMAGE_DATA_URI)):
+        # http:// passes here only to get admission's clearer refusal (aiprod.netsafety),
+        # which a development allow-list can lift for a local image server.
+        if url is None or url.startswith(("https://", "http://", "gs://", *IMAGE_DATA_URI)):
             return url
         raise ValueError("image_url must be an https:// URL, a gs:// URI, or a base64 "
                          "data:image/png or data:image/jpeg URI")

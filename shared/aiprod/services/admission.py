@@ -45,7 +45,7 @@ def url_problem(rt: Runtime, request: JobRequest) -> tuple[str, str] | None:
     """The field and reason of a URL AIPROD may not call (aiprod.netsafety): the
     webhook_url, or an https image_url (checked again when it is fetched)."""
     urls = [("webhook_url", request.webhook_url, rt.settings.webhook_allow_hosts)]
-    if request.image_url is not None and request.image_url.startswith("https://"):
+    if request.image_url is not None and request.image_url.startswith(("https://", "http://")):
         urls.append(("image_url", request.image_url, rt.settings.image_allow_hosts))
     for field, url, allowed in urls:
         if url is None:

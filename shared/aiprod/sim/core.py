@@ -10,8 +10,10 @@ routes, and the rendered MP4 files the output URLs point at.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import functools
+import hashlib
 import json
 import random
 import time
@@ -88,6 +90,17 @@ class TaskSpec:
     render_ratio: str   # "W:H" for the rendered file
     request: dict[str, Any] = field(default_factory=dict)  # the provider-specific body
     samples: int = 1
+    image: str | None = None  # the input image as sent: a URL, or a base64 data/bytes string
+
+    def image_summary(self) -> dict[str, Any] | None:
+        """What tests need to know of the input image: its URL, or the hash of its bytes."""
+        if self.image is None:
+            return None
+        if self.image.startswith(("https://", "http://", "gs://")):
+            return {"url": self.image}
+        payload = self.image.partition(",")[2] if self.image.startswith("data:") else self.image
+        data = base64.b64decode(payload)
+        return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @dataclass
@@ -331,7 +344,8 @@ class ProviderSim(ABC):
             {"id": t.id, "status": self.status_name(t, now), "phase": t.phase(now)[0],
              "outcome": t.outcome, "prompt": t.spec.prompt, "model": t.spec.model,
              "duration": t.spec.duration_s, "ratio": t.spec.ratio,
-             "created_at": iso(t.created_at), "deleted": t.deleted}
+             "created_at": iso(t.created_at), "deleted": t.deleted,
+             "image": t.spec.image_summary()}
             for t in self.tasks.values()])
 
     async def _reset(self, request: Request) -> Response:

@@ -160,7 +160,7 @@ class ReplicateSim(ProviderSim):
             return self._invalid_input("input.generate_audio", "type",
                                        "Invalid type. Expected: boolean")
         return TaskSpec(model=model_name, prompt=prompt, duration_s=float(duration),
-                        ratio=ratio, render_ratio=ratio, request=given)
+                        ratio=ratio, render_ratio=ratio, request=given, image=image)
 
     async def _created(self, request: Request, task: SimTask) -> Response:
         headers = {"Location": str(request.url_for("prediction", prediction_id=task.id))}

@@ -174,8 +174,12 @@ class RunwaySim(ProviderSim):
             allowed = (f"an integer from {rule.durations[0]} to {rule.durations[-1]}"
                        if len(rule.durations) > 3 else " or ".join(map(str, rule.durations)))
             return self.bad_request(f"duration: Must be {allowed}, received {duration!r}.")
+        sent = body.get("promptImage")
+        if isinstance(sent, list):
+            sent = next((i.get("uri") for i in sent if i.get("position") == "first"), None)
         return TaskSpec(model=model, prompt=prompt, duration_s=float(duration),
-                        ratio=ratio, render_ratio=ratio, request=body)
+                        ratio=ratio, render_ratio=ratio, request=body,
+                        image=sent if isinstance(sent, str) else None)
 
     async def _created(self, task: SimTask) -> Response:
         return JSONResponse({"id": task.id})

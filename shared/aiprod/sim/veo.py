@@ -145,8 +145,9 @@ class VeoSim(ProviderSim):
         resolution = params.get("resolution")
         if resolution is not None and resolution not in ("720p", "1080p"):
             return self.bad_request("resolution must be 720p or 1080p.")
+        sent = (image or {}).get("bytesBase64Encoded") or (image or {}).get("gcsUri")
         return TaskSpec(model=model, prompt=prompt, duration_s=float(duration), ratio=ratio,
-                        render_ratio=ratio, request=body, samples=samples)
+                        render_ratio=ratio, request=body, samples=samples, image=sent)
 
     def status_name(self, task: SimTask, now: float) -> str:
         phase = task.phase(now)[0]

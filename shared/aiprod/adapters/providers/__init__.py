@@ -9,8 +9,6 @@ images are fetched. Clients import this package; it imports them lazily.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import email.utils
 import logging
 import os
@@ -46,7 +44,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_BYTES = 2 * 1024**3
-MAX_IMAGE_BYTES = 20 * 1024**2
 MAX_MESSAGE_CHARS = 1000
 
 # google-genai talks through httpx2, a fork of httpx with its own (unrelated) classes;
@@ -182,47 +179,6 @@ def _stream_to(url: str, path: Path, timeout_s: float, max_bytes: int) -> None:
                     out.write(chunk)
     except httpx.HTTPError as exc:
         raise ProviderError(ErrorClass.TRANSIENT, "download_failed", clip(repr(exc))) from exc
-
-
-def fetch_image(url: str, timeout_s: float, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[bytes, str]:
-    """The bytes and MIME type of an input image given as a data: URI or an http(s) URL.
-
-    For providers that take image bytes rather than URLs (Vertex). A bad
-    image is INVALID_INPUT; a network failure fetching it is TRANSIENT.
-    """
-    if url.startswith("data:"):
-        head, _, payload = url.partition(",")
-        mime = head.removeprefix("data:").split(";")[0] or "application/octet-stream"
-        if ";base64" not in head:
-            raise ProviderError(ErrorClass.INVALID_INPUT, "invalid_image",
-                                "the image data URI must be base64-encoded")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ProviderError(ErrorClass.INVALID_INPUT, "invalid_image",
-                                "the image data URI is not valid base64") from exc
-    elif url.startswith(("https://", "http://")):
-        try:
-            response = httpx.get(url, timeout=timeout_s, follow_redirects=True)
-        except httpx.HTTPError as exc:
-            raise ProviderError(ErrorClass.TRANSIENT, "image_fetch_failed",
-                                clip(repr(exc))) from exc
-        if response.status_code != 200:
-            raise ProviderError(
-                ErrorClass.TRANSIENT if response.status_code >= 500 else ErrorClass.INVALID_INPUT,
-                "image_fetch_failed", f"fetching the input image answered {response.status_code}")
-        data = response.content
-        mime = response.headers.get("content-type", "").split(";")[0].strip()
-    else:
-        raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_image_url",
-                            "the image must be an https URL or a data: URI")
-    if len(data) > max_bytes:
-        raise ProviderError(ErrorClass.INVALID_INPUT, "image_too_large",
-                            f"the input image is over {max_bytes} bytes")
-    if mime not in ("image/png", "image/jpeg"):
-        raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_image_type",
-                            f"the input image must be PNG or JPEG, not {mime or 'unknown'}")
-    return data, mime
 
 
 def not_configured(variable: str) -> ProviderError:

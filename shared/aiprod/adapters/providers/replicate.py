@@ -22,6 +22,7 @@ import httpx
 from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 
+from aiprod.adapters import images
 from aiprod.adapters.providers import (
     clip,
     download_output,
@@ -105,18 +106,17 @@ class ReplicateProvider:
         return ProviderError(ErrorClass.UNKNOWN if create else ErrorClass.TRANSIENT,
                              "unreadable_response", clip(repr(exc)))
 
-    @staticmethod
-    def _inputs(spec: RenderSpec) -> dict[str, Any]:
+    def _inputs(self, spec: RenderSpec) -> dict[str, Any]:
         inputs: dict[str, Any] = {"duration": spec.duration_seconds,
                                   "aspect_ratio": spec.aspect_ratio,
                                   "generate_audio": spec.audio}
         if spec.prompt:
             inputs["prompt"] = spec.prompt
         if spec.image_url:
-            if not spec.image_url.startswith(("https://", "http://", "data:")):
+            if not spec.image_url.startswith(("https://", "http://", "data:", "gs://")):
                 raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_image_url",
                                     "Replicate takes the image as an http(s) URL or a data URI")
-            inputs["image"] = spec.image_url
+            inputs["image"] = images.url_for_provider(spec.image_url, timeout_s=self._timeout_s)
         return inputs
 
     def create(self, spec: RenderSpec) -> str:

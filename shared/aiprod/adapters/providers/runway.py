@@ -17,6 +17,7 @@ import runwayml
 from runwayml import RunwayML
 from runwayml.types.task_retrieve_response import Cancelled, Failed, Running, Succeeded
 
+from aiprod.adapters import images
 from aiprod.adapters.providers import (
     clip,
     download_output,
@@ -96,10 +97,11 @@ class RunwayProvider:
         client = self._sdk()
         try:
             if spec.image_url:
-                if not spec.image_url.startswith(("https://", "data:image/")):
+                if not spec.image_url.startswith(("https://", "data:image/", "gs://")):
                     raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_image_url",
                                         "Runway takes the image as an https URL or a data URI")
-                created = client.image_to_video.create(prompt_image=spec.image_url, **params)
+                image = images.url_for_provider(spec.image_url, timeout_s=self._timeout_s)
+                created = client.image_to_video.create(prompt_image=image, **params)
             else:
                 created = client.text_to_video.create(**params)
         except runwayml.RunwayMLError as exc:

@@ -25,11 +25,12 @@ from google.auth.transport.requests import AuthorizedSession
 from google.genai import errors, types
 from google.oauth2.credentials import Credentials as TokenCredentials
 
+from aiprod import netsafety
+from aiprod.adapters import images
 from aiprod.adapters.providers import (
     TRANSPORT_ERRORS,
     clip,
     download_output,
-    fetch_image,
     retry_after_s,
     status_class,
     transport_error,
@@ -144,7 +145,9 @@ class VeoProvider:
         if url.startswith("gs://"):
             mime = "image/png" if url.lower().endswith(".png") else "image/jpeg"
             return types.Image(gcs_uri=url, mime_type=mime)
-        data, mime = fetch_image(url, self._timeout_s)
+        data, mime = images.load_image(
+            url, timeout_s=self._timeout_s,
+            allow_hosts=netsafety.parse_allow_hosts(self._settings.image_allow_hosts))
         return types.Image(image_bytes=data, mime_type=mime)
 
     def create(self, spec: RenderSpec) -> str:

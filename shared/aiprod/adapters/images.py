@@ -1,0 +1,100 @@
+"""Input images for image-to-video, from wherever the caller put them.
+
+An https URL is fetched under the address rules of aiprod.netsafety (public
+addresses only, the checked address connected to, no redirects, size capped);
+a gs:// URI is read with the function's own identity; a data: URI is decoded.
+Every image must really be PNG or JPEG (its first bytes are checked, not just
+its declared type). Failures are classified like provider outcomes: a bad or
+unreachable-by-rule image is the caller's (INVALID_INPUT), a network blip is
+TRANSIENT.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Collection
+
+import httpx
+
+from aiprod import netsafety
+from aiprod.adapters.providers.base import ProviderError
+from aiprod.domain.job import ErrorClass
+
+MAX_IMAGE_BYTES = 20 * 1024**2
+SIGNATURES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+
+
+def _invalid(code: str, message: str) -> ProviderError:
+    return ProviderError(ErrorClass.INVALID_INPUT, code, message)
+
+
+def load_image(url: str, *, timeout_s: float, max_bytes: int = MAX_IMAGE_BYTES,
+               allow_hosts: Collection[str] = ()) -> tuple[bytes, str]:
+    """The image's bytes and MIME type (image/png or image/jpeg)."""
+    if url.startswith("data:"):
+        head, _, payload = url.partition(",")
+        declared = head.removeprefix("data:").split(";")[0].lower()
+        if ";base64" not in head:
+            raise _invalid("invalid_image", "the image data URI must be base64-encoded")
+        if len(payload) * 3 // 4 > max_bytes:
+            raise _invalid("image_too_large", f"the image is over {max_bytes} bytes")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _invalid("invalid_image", "the image data URI is not valid base64") from exc
+    elif url.startswith("gs://"):
+        data, declared = _from_gcs(url, max_bytes)
+    elif url.startswith(("https://", "http://")):
+        try:
+            target = netsafety.check_url(url, allow_hosts=allow_hosts)
+            data, declared = netsafety.get(target, max_bytes=max_bytes, timeout=timeout_s)
+        except (netsafety.UnsafeURL, netsafety.FetchRefused) as refused:
+            raise _invalid("image_url_refused", str(refused)) from refused
+        except httpx.HTTPError as exc:
+            raise ProviderError(ErrorClass.TRANSIENT, "image_fetch_failed",
+                                f"fetching the image failed: {type(exc).__name__}") from exc
+    else:
+        raise _invalid("unsupported_image_url",
+                       "the image must be an https URL, a gs:// URI or a data: URI")
+    return data, _check_type(data, declared)
+
+
+def _check_type(data: bytes, declared: str) -> str:
+    for mime, signature in SIGNATURES.items():
+        if data.startswith(signature):
+            if declared not in ("", "application/octet-stream", "binary/octet-stream", mime):
+                raise _invalid("unsupported_image_type",
+                               f"the image says it is {declared} but is {mime}")
+            return mime
+    raise _invalid("unsupported_image_type",
+                   f"the image must be PNG or JPEG, not {declared or 'something else'}")
+
+
+def _from_gcs(url: str, max_bytes: int) -> tuple[bytes, str]:
+    from google.api_core import exceptions as gexc
+    from google.cloud.storage import Client
+
+    bucket, _, name = url.removeprefix("gs://").partition("/")
+    try:
+        blob = Client().bucket(bucket).get_blob(name)
+        if blob is None:
+            raise _invalid("image_not_found", f"there is no {url}")
+        if (blob.size or 0) > max_bytes:
+            raise _invalid("image_too_large", f"{url} is over {max_bytes} bytes")
+        return blob.download_as_bytes(checksum="crc32c"), (blob.content_type or "")
+    except (gexc.Forbidden, gexc.NotFound) as exc:
+        raise _invalid("image_not_readable", f"AIPROD cannot read {url}") from exc
+
+
+def as_data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def url_for_provider(url: str, *, timeout_s: float) -> str:
+    """For providers that fetch images themselves (Runway, Replicate): an https URL or
+    data URI passes through (they fetch it, outside our network); a gs:// image,
+    which they cannot read, is read here and sent inline."""
+    if url.startswith("gs://"):
+        return as_data_uri(*load_image(url, timeout_s=timeout_s))
+    return url
