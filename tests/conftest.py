@@ -10,7 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ import httpx
 import pytest
 from google.cloud import firestore
 
+from aiprod.domain.job import Job
+from aiprod.domain.views import public_job
 from aiprod.localstack import control
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
@@ -28,10 +30,34 @@ RENDER_DEADLINE_S = 3
 @dataclass
 class LocalStack:
     state: dict[str, Any]
+    api_key: str = ""  # made by running_stack for the tests (aiprod keys create's code)
+    # One connection pool for every call the tests make: a new httpx client per call
+    # builds a TLS context each time, which costs more CPU than the call itself.
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+    _client: firestore.Client | None = field(default=None, repr=False)
 
     @property
     def api(self) -> str:
         return str(self.state["api_url"])
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header every /v1 call needs."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def new_key(self, name: str, daily_budget_usd: float | None = None,
+                rate_limit_rpm: int | None = None) -> str:
+        """A new API key in this stack's Firestore, made the way `aiprod keys create` does."""
+        from aiprod.adapters.access import FirestoreAccess
+        from aiprod.services.access import create_key
+
+        _, key = create_key(FirestoreAccess(self.firestore()), name,
+                            daily_budget_usd=daily_budget_usd, rate_limit_rpm=rate_limit_rpm)
+        return key
+
+    @property
+    def webhook_signing_key(self) -> str:
+        return Path(self.state["webhook_signing_key_file"]).read_text().strip()
 
     def part(self, name: str) -> dict[str, Any]:
         return next(p for p in self.state["parts"] if p["name"] == name)
@@ -43,15 +69,15 @@ class LocalStack:
         return self.url(f"sim-{provider}")
 
     def fault(self, provider: str, mode: str, rate: float = 1.0, **extra: float) -> None:
-        httpx.post(f"{self.sim(provider)}/_sim/fault",
+        self.http.post(f"{self.sim(provider)}/_sim/fault",
                    json={"mode": mode, "rate": rate, **extra}, timeout=10).raise_for_status()
 
     def sim_stats(self, provider: str) -> dict[str, Any]:
-        stats: dict[str, Any] = httpx.get(f"{self.sim(provider)}/_sim/stats", timeout=10).json()
+        stats: dict[str, Any] = self.http.get(f"{self.sim(provider)}/_sim/stats", timeout=10).json()
         return stats
 
     def sim_tasks(self, provider: str) -> list[dict[str, Any]]:
-        tasks: list[dict[str, Any]] = httpx.get(f"{self.sim(provider)}/_sim/tasks",
+        tasks: list[dict[str, Any]] = self.http.get(f"{self.sim(provider)}/_sim/tasks",
                                                 timeout=10).json()
         return tasks
 
@@ -82,25 +108,36 @@ class LocalStack:
 
     def reset_sims(self) -> None:
         for provider in ("runway", "veo", "replicate"):
-            httpx.post(f"{self.sim(provider)}/_sim/reset", timeout=10).raise_for_status()
+            self.http.post(f"{self.sim(provider)}/_sim/reset", timeout=10).raise_for_status()
 
     def submit(self, **body: Any) -> dict[str, Any]:
-        response = httpx.post(f"{self.api}/v1/jobs", json=body, timeout=30)
+        response = self.http.post(f"{self.api}/v1/jobs", json=body, headers=self.auth, timeout=30)
         assert response.status_code == 201, response.text
         job: dict[str, Any] = response.json()
         return job
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.api}/v1/jobs/{job_id}", timeout=30)
+    def job(self, job_id: str, key: str | None = None) -> dict[str, Any]:
+        """GET the job as the tests' key (or as `key`, for another caller's job)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else self.auth
+        response = self.http.get(f"{self.api}/v1/jobs/{job_id}", headers=headers, timeout=30)
+        if response.status_code == 404 and key is None:
+            # A job no API key owns (published on the intake topic, or stored by a test
+            # the way admission stores it) is nobody's to GET: read its document.
+            if self._client is None:
+                self._client = self.firestore()
+            snapshot = self._client.collection("jobs").document(job_id).get()
+            doc = snapshot.to_dict() or {}
+            if snapshot.exists and not str(doc.get("owner", "")).startswith("key:"):
+                return public_job(Job.model_validate(doc))
         assert response.status_code == 200, response.text
         job: dict[str, Any] = response.json()
         return job
 
     def wait(self, job_id: str, timeout: float = 60, until: Callable[[dict[str, Any]], bool]
-             = lambda job: job["status"] in TERMINAL) -> dict[str, Any]:
+             = lambda job: job["status"] in TERMINAL, key: str | None = None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            job = self.job(job_id)
+            job = self.job(job_id, key)
             if until(job):
                 return job
             if time.monotonic() > deadline:
@@ -122,7 +159,7 @@ class LocalStack:
                 "message": {"data": base64.b64encode(data).decode(), "messageId": message_id,
                             "message_id": message_id, "attributes": attributes or {},
                             "publishTime": "2026-11-26T12:00:00.000Z"}}
-        return httpx.post(f"{url}/projects/aiprod-local/topics/{topic}", json=body,
+        return self.http.post(f"{url}/projects/aiprod-local/topics/{topic}", json=body,
                           timeout=120)
 
 
@@ -140,7 +177,9 @@ def running_stack(state_dir: Path, **settings: str) -> Iterator[LocalStack]:
             else:
                 os.environ[key] = value
     try:
-        yield LocalStack(state)
+        started = LocalStack(state)
+        started.api_key = started.new_key("tests", rate_limit_rpm=1_000_000)
+        yield started
     finally:
         control.down(state_dir)
 
@@ -153,6 +192,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
                        AIPROD_CIRCUIT_COOLDOWN_S=str(CIRCUIT_COOLDOWN_S),
                        AIPROD_RENDER_DEADLINE_S=str(RENDER_DEADLINE_S),
                        AIPROD_CREATE_TIMEOUT_S="3",
+                       # Webhook tests run receivers on this machine (docs/webhooks.md).
+                       AIPROD_WEBHOOK_ALLOW_HOSTS="127.0.0.1",
+                       # Image-to-video tests serve input images from this machine too.
+                       AIPROD_IMAGE_ALLOW_HOSTS="127.0.0.1",
                        AIPROD_UNKNOWN_OUTCOME_WAIT_S="8") as started:
         saved = {k: os.environ.get(k) for k in started.state["env"]}
         os.environ.update(started.state["env"])
