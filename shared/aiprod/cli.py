@@ -21,6 +21,7 @@ from aiprod.catalog import load_catalog
 from aiprod.localstack import control
 from aiprod.localstack.stack import DEFAULT_PORT_BASE
 from aiprod.sim.core import FaultMode
+from aiprod.slo_cli import slo_command
 
 console = Console()
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
@@ -43,8 +44,21 @@ def _api_url(explicit: str | None) -> str:
     return str(state["api_url"])
 
 
-def _headers() -> dict[str, str]:
+def _local_key(state: dict[str, Any]) -> str | None:
+    """The dev API key the local stack made for itself (in its state folder)."""
+    try:
+        return Path(state["api_key_file"]).read_text().strip() or None
+    except (KeyError, OSError):
+        return None
+
+
+def _headers(api: str) -> dict[str, str]:
+    """AIPROD_API_KEY, or for the local stack's own API, the stack's dev key."""
     key = os.environ.get("AIPROD_API_KEY")
+    if not key:
+        state = control.status(_state_dir())
+        if state is not None and str(state["api_url"]).rstrip("/") == api.rstrip("/"):
+            key = _local_key(state)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
@@ -175,12 +189,12 @@ def _attempts_table(job: dict[str, Any]) -> Table:
 def wait_for_job(api: str, job_id: str, timeout: float = 600.0) -> dict[str, Any]:
     """Follow a job until it ends, with a live table of its attempts."""
     deadline = time.monotonic() + timeout
-    job: dict[str, Any] = _check(httpx.get(f"{api}/v1/jobs/{job_id}", headers=_headers(),
+    job: dict[str, Any] = _check(httpx.get(f"{api}/v1/jobs/{job_id}", headers=_headers(api),
                                            timeout=30))
     with Live(_attempts_table(job), console=console, refresh_per_second=8) as live:
         while job["status"] not in TERMINAL and time.monotonic() < deadline:
             time.sleep(0.25)
-            job = _check(httpx.get(f"{api}/v1/jobs/{job_id}", headers=_headers(), timeout=30))
+            job = _check(httpx.get(f"{api}/v1/jobs/{job_id}", headers=_headers(api), timeout=30))
             live.update(_attempts_table(job))
     return job
 
@@ -205,7 +219,7 @@ def submit(prompt: str | None, image_url: str | None, duration_seconds: int,
             "aspect_ratio": aspect_ratio, "audio": audio, "min_quality": min_quality,
             "max_cost_usd": max_cost_usd, "policy": policy}
     base = _api_url(api)
-    job = _check(httpx.post(f"{base}/v1/jobs", headers=_headers(), timeout=30,
+    job = _check(httpx.post(f"{base}/v1/jobs", headers=_headers(base), timeout=30,
                             json={k: v for k, v in body.items() if v is not None}))
     console.print(f"job {job['id']} {job['status']}, plan {' -> '.join(job['plan'])}, "
                   f"estimated {job['estimated_cost_usd']:.2f} USD")
@@ -222,7 +236,8 @@ def submit(prompt: str | None, image_url: str | None, duration_seconds: int,
 @click.option("--api", help="API base URL (default: the local stack's).")
 def status(job_id: str, as_json: bool, api: str | None) -> None:
     """Show a job."""
-    job = _check(httpx.get(f"{_api_url(api)}/v1/jobs/{job_id}", headers=_headers(), timeout=30))
+    base = _api_url(api)
+    job = _check(httpx.get(f"{base}/v1/jobs/{job_id}", headers=_headers(base), timeout=30))
     if as_json:
         click.echo(json.dumps(job, indent=2))
         return
@@ -234,7 +249,8 @@ def status(job_id: str, as_json: bool, api: str | None) -> None:
 @click.option("--api", help="API base URL (default: the local stack's).")
 def backends(api: str | None) -> None:
     """The catalog: price, quality and capabilities of each backend."""
-    data = _check(httpx.get(f"{_api_url(api)}/v1/backends", headers=_headers(), timeout=30))
+    base = _api_url(api)
+    data = _check(httpx.get(f"{base}/v1/backends", headers=_headers(base), timeout=30))
     table = Table(title="backends")
     for column in ("name", "model", "USD/s", "quality", "modes"):
         table.add_column(column)
@@ -254,6 +270,99 @@ def _print_outcome(job: dict[str, Any]) -> None:
                       f"output: {output['uri']}")
     else:
         console.print(f"[red]{job['status']}[/]: {job.get('status_reason') or ''}")
+
+
+# -- keys ----------------------------------------------------------------------------
+def _access(project: str | None, database: str | None) -> Any:
+    """Firestore where the keys live: the local stack's emulator when one runs (and
+    no --project is given), else the project's database with Application Default
+    Credentials (the operator needs roles/datastore.user there)."""
+    from google.cloud import firestore
+
+    from aiprod.adapters.access import FirestoreAccess
+
+    if project is None and not os.environ.get("FIRESTORE_EMULATOR_HOST"):
+        state = control.status(_state_dir())
+        if state is not None:
+            os.environ.update(state["env"])
+            project = str(state["project"])
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if not project:
+        raise click.ClickException("no local stack is running and no project is given: pass "
+                                   "--project or set GOOGLE_CLOUD_PROJECT")
+    database = database or os.environ.get("AIPROD_FIRESTORE_DATABASE", "(default)")
+    return FirestoreAccess(firestore.Client(project=project, database=database))
+
+
+_project_option = click.option("--project", help="Google Cloud project (default: the local "
+                               "stack's emulator, else GOOGLE_CLOUD_PROJECT).")
+_database_option = click.option("--database", help="Firestore database (default: "
+                                "AIPROD_FIRESTORE_DATABASE or (default)).")
+
+
+@main.group()
+def keys() -> None:
+    """API keys: create (shown once), list, revoke."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--daily-budget", "daily_budget_usd", type=click.FloatRange(min=0, min_open=True),
+              help="USD this key may commit a day (on top of the global budget).")
+@click.option("--rpm", "rate_limit_rpm", type=click.IntRange(min=1),
+              help="Requests a minute (default: AIPROD_DEFAULT_RATE_LIMIT_RPM, 600).")
+@_project_option
+@_database_option
+def keys_create(name: str, daily_budget_usd: float | None, rate_limit_rpm: int | None,
+                project: str | None, database: str | None) -> None:
+    """Create a key. It is printed once, on stdout, alone; only its hash is stored."""
+    from aiprod.services.access import create_key
+
+    record, key = create_key(_access(project, database), name,
+                             daily_budget_usd=daily_budget_usd, rate_limit_rpm=rate_limit_rpm)
+    err = Console(stderr=True)
+    err.print(f"created key {record.id} ({name}); store it now, it is not shown again:")
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_project_option
+@_database_option
+def keys_list(as_json: bool, project: str | None, database: str | None) -> None:
+    """Every key: id, name, limits, whether revoked (never the key or its hash)."""
+    listed = [k.public() for k in _access(project, database).list_keys()]
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    table = Table(title="API keys")
+    for column in ("id", "name", "created", "revoked", "daily budget USD", "rpm"):
+        table.add_column(column)
+    for k in listed:
+        table.add_row(str(k["id"]), str(k["name"]), str(k["created_at"]),
+                      str(k["revoked_at"] or ""), str(k["daily_budget_usd"] or ""),
+                      str(k["rate_limit_rpm"] or "default"))
+    console.print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@_project_option
+@_database_option
+def keys_revoke(key_id: str, project: str | None, database: str | None) -> None:
+    """Revoke a key by its id (the 12 hex characters after aiprod_); it stops working at
+    once."""
+    import datetime as dt
+
+    from aiprod.domain.apikeys import KEY_ID, key_id_of
+
+    key_id = key_id_of(key_id) or key_id
+    if not KEY_ID.fullmatch(key_id):
+        raise click.ClickException("give the key's id (12 hex characters), as `keys list` shows")
+    revoked = _access(project, database).revoke_key(key_id, dt.datetime.now(dt.UTC))
+    if revoked is None:
+        raise click.ClickException(f"there is no key {key_id}")
+    console.print(f"key {key_id} ({revoked.name}) revoked at {revoked.revoked_at}")
 
 
 # -- demo ----------------------------------------------------------------------------
@@ -277,13 +386,16 @@ def demo(fail_backend: str | None, prompt: str, out_dir: Path, keep_running: boo
             raise click.ClickException(str(error)) from error
     console.print(f"local stack up: API {state['api_url']}")
     try:
+        api = str(state["api_url"])
+        body: dict[str, Any] = {"prompt": prompt}
         if fail_backend:
+            body |= _request_led_by(api, fail_backend, body)
             response = httpx.post(f"{_simulator_url(fail_backend)}/_sim/fault",
                                   json={"mode": "error", "rate": 1.0}, timeout=10)
             _check(response)
             console.print(f"simulator for {fail_backend} now answers every create with a 5xx")
-        api = str(state["api_url"])
-        job = _check(httpx.post(f"{api}/v1/jobs", json={"prompt": prompt}, timeout=30))
+        job = _check(httpx.post(f"{api}/v1/jobs", json=body, timeout=30,
+                                headers=_headers(api)))
         console.print(f"submitted job {job['id']}: plan {' -> '.join(job['plan'])}, "
                       f"estimated {job['estimated_cost_usd']:.2f} USD")
         job = wait_for_job(api, job["id"], timeout=300)
@@ -299,3 +411,49 @@ def demo(fail_backend: str | None, prompt: str, out_dir: Path, keep_running: boo
         if started and not keep_running:
             control.down(state_dir)
             console.print("local stack stopped")
+
+
+def _request_led_by(api: str, backend_or_provider: str,
+                    body: dict[str, Any]) -> dict[str, Any]:
+    """Request options whose plan starts with that backend and can fall back, so the
+    demo shows the fallback whichever backend is made to fail."""
+    catalog = load_catalog()
+    wanted = {b.name for b in catalog.backends
+              if backend_or_provider in (b.name, b.provider)}
+    if not wanted:
+        raise click.ClickException(f"no backend or provider {backend_or_provider!r}; "
+                                   f"backends: {', '.join(catalog.names)}")
+    for policy in ("cheapest", "best_quality", "fixed"):
+        for duration in (5, 6, 8):
+            options = {"policy": policy, "duration_seconds": duration}
+            reply = httpx.get(f"{api}/v1/quote", params=body | options, headers=_headers(api),
+                              timeout=30)
+            plan = [q["backend"] for q in reply.json().get("plan", [])]
+            if plan and plan[0] in wanted and len(plan) > 1:
+                return options
+    raise click.ClickException(f"no request starts with {backend_or_provider} and can fall "
+                               "back elsewhere")
+
+
+# -- budget ------------------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--api", help="API base URL (default: the local stack's).")
+def budget(as_json: bool, api: str | None) -> None:
+    """Today's budget: limit, spent, reserved, left, and the threshold reached."""
+    base = _api_url(api)
+    figures = _check(httpx.get(f"{base}/v1/budget", headers=_headers(base), timeout=30))
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    table = Table(title=f"budget for {figures['day']} (UTC)")
+    for column in ("limit", "spent", "reserved", "left", "threshold", "resets at"):
+        table.add_column(column)
+    table.add_row(*(f"{figures[k]:.2f} USD" for k in ("limit_usd", "spent_usd", "reserved_usd",
+                                                      "left_usd")),
+                  figures["threshold"], figures["resets_at"])
+    console.print(table)
+
+
+# -- slo -----------------------------------------------------------------------------
+main.add_command(slo_command)

@@ -26,7 +26,7 @@ from aiprod.domain.job import AttemptError, AttemptStatus, ErrorClass, Job, JobS
 from aiprod.domain.lifecycle import ClaimKind
 from aiprod.logs import log
 from aiprod.runtime import Runtime
-from aiprod.services import budget, gate
+from aiprod.services import budget, gate, telemetry
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import dispatch, emit, emit_terminal
 
@@ -91,6 +91,7 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
     task_id = claim.task_id
     if claim.kind is ClaimKind.CREATE:
         emit(rt, job, EventType.ATTEMPT_STARTED, attempt=index)
+        telemetry.attempt_started(job, index)
         task_id = _create(rt, backend, job, message, deadline)
         if task_id is None:
             return
@@ -335,6 +336,7 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
     if changed:
         log(logger, logging.INFO, "job succeeded", job_id=job.id, backend=backend.name,
             cost_usd=cost, output_uri=uri)
+        telemetry.ended(job)
         budget.close(rt, job, message.attempt)
         gate.rendered(rt, backend.name)
         emit_terminal(rt, job)
@@ -355,6 +357,7 @@ def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError,
     log(logger, logging.WARNING, f"attempt failed: {error.error_class.value} {error.code}",
         job_id=job_id, backend=job.attempts[index].backend, attempt=index,
         error_message=error.message, next_backend=outcome.next_backend)
+    telemetry.attempt_failed(job, index, outcome.next_backend)
     emit(rt, job, EventType.ATTEMPT_FAILED, attempt=index)
     _follow_up(rt, job, index)
 
