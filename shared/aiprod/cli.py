@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from aiprod.catalog import load_catalog
+from aiprod.cli_support import firestore_client, state_dir
 from aiprod.localstack import control
 from aiprod.localstack.stack import DEFAULT_PORT_BASE
 from aiprod.sim.core import FaultMode
@@ -28,16 +29,12 @@ TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
 FAULT_MODES = list(get_args(FaultMode))
 
 
-def _state_dir() -> Path:
-    return Path(os.environ.get("AIPROD_DEV_STATE_DIR", str(control.DEFAULT_STATE_DIR)))
-
-
 def _api_url(explicit: str | None) -> str:
     if explicit:
         return explicit.rstrip("/")
     if os.environ.get("AIPROD_API_URL"):
         return os.environ["AIPROD_API_URL"].rstrip("/")
-    state = control.status(_state_dir())
+    state = control.status(state_dir())
     if state is None:
         raise click.ClickException("no local stack is running: start it with `aiprod dev up`, "
                                    "or pass --api / set AIPROD_API_URL")
@@ -56,7 +53,7 @@ def _headers(api: str) -> dict[str, str]:
     """AIPROD_API_KEY, or for the local stack's own API, the stack's dev key."""
     key = os.environ.get("AIPROD_API_KEY")
     if not key:
-        state = control.status(_state_dir())
+        state = control.status(state_dir())
         if state is not None and str(state["api_url"]).rstrip("/") == api.rstrip("/"):
             key = _local_key(state)
     return {"Authorization": f"Bearer {key}"} if key else {}
@@ -93,7 +90,7 @@ def dev_up(port_base: int, sim_latency: float) -> None:
     """Start everything; return once every part answers."""
     with console.status("starting emulators, simulators and functions..."):
         try:
-            state = control.up(_state_dir(), port_base, sim_latency)
+            state = control.up(state_dir(), port_base, sim_latency)
         except RuntimeError as error:
             raise click.ClickException(str(error)) from error
     _print_status(state)
@@ -102,7 +99,7 @@ def dev_up(port_base: int, sim_latency: float) -> None:
 @dev.command("down")
 def dev_down() -> None:
     """Stop everything the stack started."""
-    stopped = control.down(_state_dir())
+    stopped = control.down(state_dir())
     console.print("local stack stopped" if stopped else "no local stack was running")
 
 
@@ -110,7 +107,7 @@ def dev_down() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def dev_status(as_json: bool) -> None:
     """Every part with its URL and pid."""
-    state = control.status(_state_dir())
+    state = control.status(state_dir())
     if as_json:
         click.echo(json.dumps(state or {"ready": False, "parts": []}, indent=2))
         return
@@ -137,7 +134,7 @@ def _simulator_url(backend_or_provider: str) -> str:
     provider = backend_or_provider
     if backend_or_provider in catalog.names:
         provider = catalog.get(backend_or_provider).provider
-    state = control.status(_state_dir())
+    state = control.status(state_dir())
     if state is None:
         raise click.ClickException("no local stack is running: start it with `aiprod dev up`")
     for part in state["parts"]:
@@ -274,24 +271,11 @@ def _print_outcome(job: dict[str, Any]) -> None:
 
 # -- keys ----------------------------------------------------------------------------
 def _access(project: str | None, database: str | None) -> Any:
-    """Firestore where the keys live: the local stack's emulator when one runs (and
-    no --project is given), else the project's database with Application Default
-    Credentials (the operator needs roles/datastore.user there)."""
-    from google.cloud import firestore
-
+    """Firestore where the keys live (see cli_support.firestore_client); the operator
+    needs roles/datastore.user there."""
     from aiprod.adapters.access import FirestoreAccess
 
-    if project is None and not os.environ.get("FIRESTORE_EMULATOR_HOST"):
-        state = control.status(_state_dir())
-        if state is not None:
-            os.environ.update(state["env"])
-            project = str(state["project"])
-    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
-    if not project:
-        raise click.ClickException("no local stack is running and no project is given: pass "
-                                   "--project or set GOOGLE_CLOUD_PROJECT")
-    database = database or os.environ.get("AIPROD_FIRESTORE_DATABASE", "(default)")
-    return FirestoreAccess(firestore.Client(project=project, database=database))
+    return FirestoreAccess(firestore_client(project, database)[0])
 
 
 _project_option = click.option("--project", help="Google Cloud project (default: the local "

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
@@ -15,30 +13,9 @@ from rich.table import Table
 
 from aiprod import monitoring, slo
 from aiprod.catalog import load_catalog
-from aiprod.localstack import control
+from aiprod.cli_support import firestore_client
 
 console = Console()
-
-
-def _firestore(project: str | None, database: str | None) -> tuple[Any, str]:
-    """The jobs' Firestore: the local stack's emulator when one runs (and no --project
-    is given), else the project's database with Application Default Credentials."""
-    from google.cloud import firestore
-
-    if project is None and not os.environ.get("FIRESTORE_EMULATOR_HOST"):
-        state_dir = Path(os.environ.get("AIPROD_DEV_STATE_DIR", str(control.DEFAULT_STATE_DIR)))
-        state = control.status(state_dir)
-        if state is not None:
-            os.environ.update(state["env"])
-            project = str(state["project"])
-    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
-    if not project:
-        raise click.ClickException("no local stack is running and no project is given: pass "
-                                   "--project or set GOOGLE_CLOUD_PROJECT")
-    database = database or os.environ.get("AIPROD_FIRESTORE_DATABASE", "(default)")
-    where = ("the local stack's emulator" if os.environ.get("FIRESTORE_EMULATOR_HOST")
-             else f"project {project}")
-    return firestore.Client(project=project, database=database), f"{where}, database {database}"
 
 
 def _when(value: str | None) -> dt.datetime | None:
@@ -69,7 +46,7 @@ def slo_command(as_json: bool, monitoring_path: Path, since: str | None, project
     spec = monitoring.parse(monitoring_path.read_text())
     now = dt.datetime.now(dt.UTC)
     start = _when(since)
-    client, where = _firestore(project, database)
+    client, where = firestore_client(project, database)
     oldest = now - slo.widest_window(spec)
     jobs = slo.read_jobs(client, max(oldest, start) if start else oldest)
     source = slo.JobRecords(jobs, load_catalog(), slo.read_budget(client, now),
