@@ -218,7 +218,7 @@ def test_client_hung_create_is_unknown_and_not_resent(sim: str) -> None:
 @pytest.mark.parametrize(("change", "error_class"), [
     ({"duration_seconds": 20}, ErrorClass.INVALID_INPUT),
     ({"aspect_ratio": "2:1"}, ErrorClass.INVALID_INPUT),
-    ({"image_url": "gs://bucket/heron.png"}, ErrorClass.INVALID_INPUT),
+    ({"image_url": "ftp://example.com/heron.png"}, ErrorClass.INVALID_INPUT),
     ({"model": "nobody/no-such-model"}, ErrorClass.BACKEND),  # our catalog is wrong
 ])
 def test_client_bad_requests_are_classified(sim: str, change: dict[str, object],

@@ -227,7 +227,7 @@ def test_client_hung_create_is_unknown_and_not_resent(sim: str) -> None:
 
 @pytest.mark.parametrize("change", [
     {"duration_seconds": 11}, {"aspect_ratio": "1:1"}, {"prompt": "x" * 1001},
-    {"image_url": "gs://bucket/a.png"}, {"aspect_ratio": "4:3"}])
+    {"image_url": "ftp://example.com/a.png"}, {"aspect_ratio": "4:3"}])
 def test_client_bad_input_is_invalid_input(sim: str, change: dict[str, object]) -> None:
     with pytest.raises(ProviderError) as caught:
         _provider(sim).create(_spec(**change))

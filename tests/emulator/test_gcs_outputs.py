@@ -84,3 +84,20 @@ def test_storing_the_same_key_again_replaces_it(gcs: storage.Client, tmp_path: P
 def test_the_output_uri_setting_chooses_the_store() -> None:
     with pytest.raises(ValueError, match="file://DIR or gs://BUCKET/PREFIX"):
         output_store_for("s3://elsewhere")
+
+
+def test_a_gs_image_is_read_in_house_and_checked(gcs: storage.Client) -> None:
+    from aiprod.adapters.images import load_image
+    from aiprod.adapters.providers.base import ProviderError
+    from tests.unit.test_images import png
+
+    bucket = gcs.bucket("aiprod-outputs")
+    bucket.blob("inputs/fox.png").upload_from_string(png(), content_type="image/png")
+    bucket.blob("inputs/notes.txt").upload_from_string(b"not an image",
+                                                       content_type="text/plain")
+
+    assert load_image("gs://aiprod-outputs/inputs/fox.png", timeout_s=5) == (png(), "image/png")
+    with pytest.raises(ProviderError, match="image_not_found"):
+        load_image("gs://aiprod-outputs/inputs/missing.png", timeout_s=5)
+    with pytest.raises(ProviderError, match="unsupported_image_type"):
+        load_image("gs://aiprod-outputs/inputs/notes.txt", timeout_s=5)

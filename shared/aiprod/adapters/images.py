@@ -72,6 +72,7 @@ def _check_type(data: bytes, declared: str) -> str:
 
 
 def _from_gcs(url: str, max_bytes: int) -> tuple[bytes, str]:
+    import google.auth.exceptions
     from google.api_core import exceptions as gexc
     from google.cloud.storage import Client
 
@@ -85,6 +86,9 @@ def _from_gcs(url: str, max_bytes: int) -> tuple[bytes, str]:
         return blob.download_as_bytes(checksum="crc32c"), (blob.content_type or "")
     except (gexc.Forbidden, gexc.NotFound) as exc:
         raise _invalid("image_not_readable", f"AIPROD cannot read {url}") from exc
+    except google.auth.exceptions.GoogleAuthError as exc:  # a deployment fault, not the caller's
+        raise ProviderError(ErrorClass.BACKEND, "storage_credentials",
+                            "no credentials to read Cloud Storage") from exc
 
 
 def as_data_uri(data: bytes, mime: str) -> str:

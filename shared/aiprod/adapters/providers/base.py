@@ -66,6 +66,15 @@ class TaskStatus:
     cost_usd: float | None = None      # what the provider reports it charged, if it does
 
 
+class NoTaskSearch:
+    """For providers whose API cannot list or search tasks (Runway, Vertex AI)."""
+
+    can_find_tasks = False
+
+    def find_task(self, spec: RenderSpec, since: datetime) -> str | None:
+        return None
+
+
 class VideoProvider(Protocol):
     """A provider's API, as AIPROD needs it."""
 

@@ -8,7 +8,6 @@ are idempotent, so they keep the SDK's own short retries.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,13 @@ from aiprod.adapters.providers import (
     status_class,
     transport_error,
 )
-from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
+from aiprod.adapters.providers.base import (
+    NoTaskSearch,
+    ProviderError,
+    RenderSpec,
+    TaskState,
+    TaskStatus,
+)
 from aiprod.config import Settings
 from aiprod.domain.job import ErrorClass
 
@@ -67,7 +72,7 @@ def _api_error(exc: runwayml.RunwayMLError, *, create: bool) -> ProviderError:
                          "unreadable_response", clip(exc))
 
 
-class RunwayProvider:
+class RunwayProvider(NoTaskSearch):
     """VideoProvider for Runway (text_to_video, image_to_video, tasks)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -139,11 +144,6 @@ class RunwayProvider:
                            _api_error(exc, create=False))
         except ProviderError as exc:
             logger.warning("runway: cancelling task %s failed: %s", task_id, exc)
-
-    can_find_tasks = False  # the API has no way to list or search tasks
-
-    def find_task(self, spec: RenderSpec, since: datetime) -> str | None:
-        return None
 
     def download(self, status: TaskStatus, dest: Path) -> None:
         download_output(status, dest, self._timeout_s)

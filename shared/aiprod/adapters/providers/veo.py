@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,13 @@ from aiprod.adapters.providers import (
     status_class,
     transport_error,
 )
-from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
+from aiprod.adapters.providers.base import (
+    NoTaskSearch,
+    ProviderError,
+    RenderSpec,
+    TaskState,
+    TaskStatus,
+)
 from aiprod.config import Settings
 from aiprod.domain.job import ErrorClass
 
@@ -96,7 +101,7 @@ def api_error(exc: Exception, *, create: bool) -> ProviderError:
                          "unexpected_error", clip(repr(exc)))
 
 
-class VeoProvider:
+class VeoProvider(NoTaskSearch):
     """VideoProvider for Veo models on Vertex AI (predictLongRunning operations)."""
 
     def __init__(self, settings: Settings) -> None:
@@ -213,11 +218,6 @@ class VeoProvider:
                 logger.warning("veo: cancelling %s answered %s", task_id, response.status_code)
         except (google.auth.exceptions.GoogleAuthError, OSError) as exc:  # requests' too
             logger.warning("veo: cancelling %s failed: %r", task_id, exc)
-
-    can_find_tasks = False  # the API has no way to list or search tasks
-
-    def find_task(self, spec: RenderSpec, since: datetime) -> str | None:
-        return None
 
     def download(self, status: TaskStatus, dest: Path) -> None:
         download_output(status, dest, self._timeout_s)
