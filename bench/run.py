@@ -86,6 +86,22 @@ def measure_one(submit: Callable[[], str], done: Callable[[str], bool]) -> float
     return time.perf_counter() - start
 
 
+def cpu_seconds(state: dict[str, Any]) -> dict[str, float]:
+    """CPU time used so far by each part of the stack (with its children, such as
+    the emulators' Java processes), and by this benchmark's own process."""
+    used: dict[str, float] = {}
+    for part in state["parts"]:
+        try:
+            process = psutil.Process(part["pid"])
+            tree = [process, *process.children(recursive=True)]
+            used[part["name"]] = sum(p.cpu_times().user + p.cpu_times().system for p in tree)
+        except psutil.NoSuchProcess:
+            continue
+    me = psutil.Process().cpu_times()
+    used["bench client"] = me.user + me.system
+    return used
+
+
 def burst(submit: Callable[[int], str], count_done: Callable[[], int],
           timeout: float = 300) -> dict[str, float]:
     start = time.perf_counter()
@@ -210,7 +226,12 @@ def main() -> None:
             return item
 
         say(f"burst of {BURST_JOBS} jobs, {BURST_CONCURRENCY} at a time ...")
+        before = cpu_seconds(state)
         job_burst = burst(job_burst_submit, jobs_succeeded)
+        after = cpu_seconds(state)
+        job_burst["cpu_s_by_part"] = {name: round(after[name] - before.get(name, 0), 1)
+                                      for name in sorted(after, key=lambda n: before.get(n, 0)
+                                                         - after[n])[:8]}
         say(f"burst of {BURST_JOBS} floor items, {BURST_CONCURRENCY} at a time ...")
         floor_burst = burst(floor_burst_submit, floor_succeeded)
 
