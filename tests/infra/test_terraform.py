@@ -46,6 +46,8 @@ DEFAULTED = {
     "default_rate_limit_rpm": "requests a minute for keys without their own --rpm: the code "
                               "default (600) is the documented value",
     "webhook_timeout_s": "webhook request timeout: the code default is the tested value",
+    "image_allow_hosts": "development override of the image URL address rules: production "
+                         "never sets it, so image URLs must be public https",
     "webhook_allow_hosts": "development override of the webhook address rules: production "
                            "must leave it empty, so Terraform never sets it",
 }
