@@ -13,17 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _default_catalog_path() -> Path:
-    """backends.yaml at the repository root, or beside the package in a deployed
-    function's source archive (main.py, backends.yaml and aiprod/ side by side)."""
+def root_file(name: str) -> Path:
+    """A file kept at the repository root (backends.yaml, monitoring.yaml), or beside
+    the package in a deployed function's source archive (main.py, those files and
+    aiprod/ side by side)."""
     package_parent = Path(__file__).resolve().parents[1]
-    for candidate in (REPO_ROOT / "backends.yaml", package_parent / "backends.yaml"):
+    for candidate in (REPO_ROOT / name, package_parent / name):
         if candidate.exists():
             return candidate
-    return REPO_ROOT / "backends.yaml"
+    return REPO_ROOT / name
 
 
-DEFAULT_CATALOG_PATH = _default_catalog_path()
+DEFAULT_CATALOG_PATH = root_file("backends.yaml")
 
 
 class Mode(StrEnum):

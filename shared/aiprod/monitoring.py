@@ -19,7 +19,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from aiprod.catalog import root_file
+
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 # Fields every log line already has (logs.py) or that metrics.py writes.
 RESERVED_LABELS = frozenset({"severity", "message", "time", "logger", "metric", "value",
@@ -33,17 +34,7 @@ VALUE_AGGREGATES = frozenset({"p50", "p95", "p99", "mean"})
 COUNT_AGGREGATES = frozenset({"sum", "rate"})
 
 
-def _default_path() -> Path:
-    """monitoring.yaml at the repository root, or beside the package in a deployed
-    function's source archive (main.py, monitoring.yaml and aiprod/ side by side)."""
-    package_parent = Path(__file__).resolve().parents[1]
-    for candidate in (REPO_ROOT / "monitoring.yaml", package_parent / "monitoring.yaml"):
-        if candidate.exists():
-            return candidate
-    return REPO_ROOT / "monitoring.yaml"
-
-
-DEFAULT_MONITORING_PATH = _default_path()
+DEFAULT_MONITORING_PATH = root_file("monitoring.yaml")
 
 
 class _Strict(BaseModel):
