@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,14 @@ from aiprod.adapters.providers.replicate import failure_class
 from aiprod.domain.job import ErrorClass
 from aiprod.media import probe_video
 from aiprod.sim import control
-from aiprod.sim.testing import catalog_backend, provider_settings, running_simulator
+from aiprod.sim.testing import catalog_backend, provider_settings
+
+PROVIDER = "replicate"
 
 MODEL = "bytedance/seedance-2.0-fast"
 TOKEN = "r8_" + "1" * 37
 INPUT: dict[str, Any] = {"prompt": "a heron takes off", "duration": 5, "aspect_ratio": "9:16",
                          "generate_audio": False}
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[str]:
-    with running_simulator("replicate", latency=0.0, seed=7) as base_url:
-        yield base_url
-
-
-@pytest.fixture(autouse=True)
-def _clean(sim: str) -> None:
-    control.reset(sim)
 
 
 @pytest.fixture

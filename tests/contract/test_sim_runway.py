@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,20 +26,11 @@ from aiprod.config import Settings
 from aiprod.domain.job import ErrorClass
 from aiprod.media import probe_video
 from aiprod.sim import control
-from aiprod.sim.testing import catalog_backend, provider_settings, running_simulator
+from aiprod.sim.testing import catalog_backend, provider_settings
+
+PROVIDER = "runway"
 
 KEY = "key_" + "0" * 128
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[str]:
-    with running_simulator("runway", latency=0.0, seed=7) as base_url:
-        yield base_url
-
-
-@pytest.fixture(autouse=True)
-def _clean(sim: str) -> None:
-    control.reset(sim)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -22,21 +21,12 @@ from aiprod.adapters.providers.veo import api_error, operation_error
 from aiprod.domain.job import ErrorClass
 from aiprod.media import probe_video
 from aiprod.sim import control
-from aiprod.sim.testing import catalog_backend, provider_settings, running_simulator
+from aiprod.sim.testing import catalog_backend, provider_settings
+
+PROVIDER = "veo"
 
 MODEL = "veo-3.1-fast-generate-001"
 TOKEN = "ya29.local-test-token"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[str]:
-    with running_simulator("veo", latency=0.0, seed=7) as base_url:
-        yield base_url
-
-
-@pytest.fixture(autouse=True)
-def _clean(sim: str) -> None:
-    control.reset(sim)
 
 
 @pytest.fixture
