@@ -30,6 +30,10 @@ def cancel_job(rt: Runtime, job_id: str) -> Job | None:
         return None
     job, outcome = done
     if not outcome.changed:
+        # Closing is idempotent: a cancel whose first try died before closing the
+        # ledger (the API is not retried for us) leaves nothing held when repeated.
+        for index in range(len(job.attempts)):
+            budget.close(rt, job, index)
         raise NotCancellable(job)
     if outcome.open_attempt is not None:
         attempt = job.attempts[outcome.open_attempt]
