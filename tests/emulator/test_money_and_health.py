@@ -133,10 +133,11 @@ def test_a_failing_backend_gets_no_more_calls_than_the_strike_count(
         time.sleep(CIRCUIT_COOLDOWN_S + 0.5)
         probes = [queued_job(local, f"probe {n}") for n in range(4)]
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda n: local.push_to(
+            replies = list(pool.map(lambda n: local.push_to(
                 instances[n % 2], "render-replicate-seedance",
                 {"job_id": probes[n].id, "backend": "replicate-seedance", "attempt": 0}),
                 range(4)))
+        assert [r.status_code for r in replies] == [200] * 4
         assert local.sim_stats("replicate")["requests"] == calls + 1
         outcomes = [local.wait(job.id, timeout=60) for job in probes]
         assert sum(o["attempts"][0]["status"] == "SUCCEEDED" for o in outcomes) == 1

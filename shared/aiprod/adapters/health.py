@@ -54,7 +54,10 @@ class FirestoreHealth:
                                   "probe_claimed_at": now}, merge=True)
             return True
 
-        won: bool = claim(self._client.transaction(max_attempts=10))
+        try:
+            won: bool = claim(self._client.transaction(max_attempts=10))
+        except ValueError:  # the transaction lost every retry to other claimants
+            return False
         return won
 
     # -- call slots --------------------------------------------------------------------

@@ -116,9 +116,7 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
     try:
         reserved = budget.reserve(rt, job, index, job.attempts[index].estimated_cost_usd)
     except Exception:
-        # Nothing reached the provider: hand the claim back so a redelivery starts clean.
-        rt.store.mutate(job.id, lambda j: lifecycle.abandon_claim(j, index))
-        budget.release_unsent(rt, job, index)
+        _abandon(rt, job, index)
         raise
     if reserved is None:
         _fail(rt, job.id, index, AttemptError(
@@ -131,7 +129,12 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
     delay = rt.settings.transient_retry_initial_s
     last_failure: AttemptError | None = None
     while True:
-        ticket = gate.enter(rt, backend.name, caller)
+        try:
+            ticket = gate.enter(rt, backend.name, caller)
+        except Exception:
+            if last_failure is None:  # no call went out yet: a redelivery starts clean
+                _abandon(rt, job, index)
+            raise
         if isinstance(ticket, AttemptError):
             # Our own failed calls may have opened the circuit: report what they met.
             _fail(rt, job.id, index, last_failure or ticket, skipped=last_failure is None)
@@ -204,6 +207,13 @@ def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task
             _hand_off(rt, backend, message)
             return
         rt.sleep(rt.settings.poll_interval_s)
+
+
+def _abandon(rt: Runtime, job: Job, index: int) -> None:
+    """Nothing reached the provider: hand the claim and the hold back, so the
+    redelivery of this message starts clean instead of finding an unknown outcome."""
+    rt.store.mutate(job.id, lambda j: lifecycle.abandon_claim(j, index))
+    budget.release_unsent(rt, job, index)
 
 
 def _mark_unknown(rt: Runtime, job: Job, index: int, error: AttemptError) -> None:
