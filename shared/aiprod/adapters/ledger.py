@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -113,7 +113,9 @@ class FirestoreLedger:
         except gexc.AlreadyExists:
             data = reservation.get().to_dict() or {}
             if data.get("state") != ReservationState.REFUSED.value:
-                return bool(data.get("granted"))
+                # Still held and granted: the same hold (a retried call). Closed: spent.
+                return bool(data.get("granted")) and data.get("state") == (
+                    ReservationState.HELD.value)
             counters = None  # refused before: look again below
         for attempt in range(self._recheck_attempts):
             if counters is not None:
@@ -203,18 +205,6 @@ class FirestoreLedger:
             except gexc.FailedPrecondition:
                 continue  # changed under us: look again
             return True
-
-    def held_reservations(self, day: str, expired_before: dt.datetime) -> list[dict[str, Any]]:
-        """Reservations still held past their attempt's lease (for reclaiming)."""
-        query = (self._client.collection(DAYS).document(day).collection(RESERVATIONS)
-                 .where(filter=firestore.FieldFilter("state", "==", ReservationState.HELD.value)))
-        found = []
-        for snapshot in query.stream():
-            data = snapshot.to_dict() or {}
-            lease = data.get("lease_expires_at")
-            if lease is None or lease < expired_before:
-                found.append(data | {"id": snapshot.id})
-        return found
 
     def first_crossing(self, day: str, threshold: str) -> bool:
         """True for exactly one caller per day and threshold (a create-once marker)."""

@@ -160,6 +160,8 @@ class Attempt(BaseModel):
     estimated_cost_usd: float
     cost_usd: float = 0.0
     reservation_day: str | None = None  # the ledger day holding this attempt's reservation
+    # Unique per claim: a claim handed back and made again never reuses a closed hold.
+    reservation_id: str = ""
 
 
 class Job(BaseModel):

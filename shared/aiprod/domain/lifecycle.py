@@ -84,7 +84,8 @@ def claim_attempt(job: Job, backend: str, index: int, delivery_id: str, now: dt.
     job.attempts.append(Attempt(backend=backend, status=AttemptStatus.CREATING,
                                 delivery_id=delivery_id, lease_expires_at=now + lease,
                                 started_at=now, estimated_cost_usd=estimated_cost_usd,
-                                reservation_day=ledger_day(now)))
+                                reservation_day=ledger_day(now),
+                                reservation_id=f"{job.id}-{index}-{delivery_id}"))
     job.status = JobStatus.RENDERING
     job.updated_at = now
     return Claim(ClaimKind.CREATE, index)
@@ -226,7 +227,8 @@ def fail_job(job: Job, reason: str, now: dt.datetime) -> bool:
     for attempt in job.attempts:
         if not attempt.status.terminal:
             # A task that may exist may have been billed: count it (budget safety first).
-            if attempt.provider_task_id or attempt.status is AttemptStatus.UNKNOWN:
+            if attempt.provider_task_id or attempt.status in (AttemptStatus.UNKNOWN,
+                                                              AttemptStatus.CREATING):
                 attempt.cost_usd = attempt.estimated_cost_usd
             attempt.status = AttemptStatus.FAILED
             attempt.ended_at = now

@@ -41,7 +41,7 @@ def scopes_for(rt: Runtime, job: Job) -> list[Scope]:
 
 
 def reservation_id(job: Job, index: int) -> str:
-    return f"{job.id}-{index}"
+    return job.attempts[index].reservation_id or f"{job.id}-{index}"
 
 
 def today(rt: Runtime) -> DayFigures:

@@ -28,7 +28,7 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
             delivery_count=attempts, job_id=job_id, webhook_id=payload["event_id"])
         return
     try:
-        RenderMessage.model_validate(payload)
+        message = RenderMessage.model_validate(payload)
     except ValidationError:
         # An intake message that kept failing (its job may never have been stored).
         log(logger, logging.ERROR, "intake message dead-lettered", source=source,
@@ -36,6 +36,12 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
             correlation_id=attributes.get("correlation_id"))
         return
     reason = f"dead-lettered from {source} after {attempts} deliveries"
+    current = rt.store.get(message.job_id)
+    if current is not None and message.attempt < len(current.attempts) - 1:
+        # A stale copy for an attempt the job has moved past: the job is fine.
+        log(logger, logging.WARNING, "stale render message dead-lettered", job_id=job_id,
+            attempt=message.attempt)
+        return
     done = rt.store.mutate(str(job_id), lambda j: lifecycle.fail_job(j, reason, rt.clock()))
     if done is None:
         log(logger, logging.ERROR, "dead-lettered message for an unknown job", job_id=job_id)

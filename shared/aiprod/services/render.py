@@ -90,8 +90,6 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
 
     task_id = claim.task_id
     if claim.kind is ClaimKind.CREATE:
-        emit(rt, job, EventType.ATTEMPT_STARTED, attempt=index)
-        telemetry.attempt_started(job, index)
         task_id = _create(rt, backend, job, message, deadline)
         if task_id is None:
             return
@@ -114,7 +112,10 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
     index = message.attempt
     caller = f"{job.id}:{index}"
     try:
+        emit(rt, job, EventType.ATTEMPT_STARTED, attempt=index)
+        telemetry.attempt_started(job, index)
         reserved = budget.reserve(rt, job, index, job.attempts[index].estimated_cost_usd)
+        provider = rt.provider(backend.name)
     except Exception:
         _abandon(rt, job, index)
         raise
@@ -124,7 +125,6 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
             message=f"today's budget cannot hold {job.attempts[index].estimated_cost_usd} USD "
                     f"for {backend.name}"), skipped=True)
         return None
-    provider = rt.provider(backend.name)
     retry_until = time.monotonic() + rt.settings.transient_retry_budget_s
     delay = rt.settings.transient_retry_initial_s
     last_failure: AttemptError | None = None
@@ -158,12 +158,16 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
                 continue
             _fail(rt, job.id, index, failure)
             return None
-        gate.after_call(rt, ticket, None)
         break
+    # Checkpoint the task id before anything else can fail: a crash after this point
+    # resumes the task instead of facing an unknown outcome.
     checkpointed = rt.store.mutate(job.id, lambda j: lifecycle.record_task(
         j, index, task_id, rt.clock()))
+    gate.after_call(rt, ticket, None)
     if checkpointed is None or not checkpointed[1]:
         provider.cancel(task_id)  # the job ended while we were creating: stop paying
+        if checkpointed is not None:
+            budget.close(rt, checkpointed[0], index)  # its ending found no hold yet
         return None
     log(logger, logging.INFO, "provider task created", job_id=job.id, backend=backend.name,
         attempt=index, provider_task_id=task_id)
@@ -241,6 +245,9 @@ def _resolve_unknown(rt: Runtime, backend: Backend, message: RenderMessage,
         job = rt.store.get(message.job_id)
         assert job is not None
         attempt = job.attempts[message.attempt]
+        if attempt.provider_task_id:  # another delivery found or made it meanwhile
+            _poll_until_done(rt, backend, message, attempt.provider_task_id, deadline)
+            return
         age = (rt.clock() - attempt.started_at).total_seconds()
         if provider.can_find_tasks:
             try:
@@ -289,11 +296,14 @@ def _hand_off(rt: Runtime, backend: Backend, message: RenderMessage) -> None:
 
 
 def _ended_elsewhere(rt: Runtime, message: RenderMessage) -> bool:
-    """The job was cancelled (or otherwise ended) while we rendered: stop, record nothing."""
+    """The job was cancelled (or otherwise ended) while we rendered: stop, record nothing
+    (but make sure the attempt's hold is closed, whoever ended it)."""
     job = rt.store.get(message.job_id)
     if job is None or job.status.terminal or job.attempts[message.attempt].status.terminal:
         log(logger, logging.INFO, "render stopped: the job ended elsewhere",
             job_id=message.job_id, attempt=message.attempt)
+        if job is not None:
+            budget.close(rt, job, message.attempt)
         return True
     return False
 
@@ -308,14 +318,28 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
     request = job.request
     with tempfile.TemporaryDirectory(prefix="aiprod-") as tmp:
         path = Path(tmp) / "output.mp4"
+        rendered_cost = (status.cost_usd if status.cost_usd is not None
+                         else job.attempts[message.attempt].estimated_cost_usd)
         try:
             provider.download(status, path)
             info = media.probe_video(path)
-        except (ProviderError, media.InvalidVideo) as error:
+        except ProviderError as error:
+            if error.error_class is ErrorClass.TRANSIENT:
+                # The render is done and paid for: fetch it again later, never re-render.
+                log(logger, logging.WARNING, f"output download failed, will retry: {error}",
+                    job_id=message.job_id, backend=backend.name)
+                _hand_off(rt, backend, message)
+                return
+            failure = AttemptError(error_class=ErrorClass.OUTPUT_CHECK,
+                                   code="output_unavailable", message=str(error))
+            gate.strike(rt, backend.name, failure)
+            _fail(rt, message.job_id, message.attempt, failure, cost_usd=rendered_cost)
+            return
+        except media.InvalidVideo as error:
             failure = AttemptError(error_class=ErrorClass.OUTPUT_CHECK,
                                    code="undecodable_output", message=str(error))
             gate.strike(rt, backend.name, failure)
-            _fail(rt, message.job_id, message.attempt, failure)
+            _fail(rt, message.job_id, message.attempt, failure, cost_usd=rendered_cost)
             return
         billed_seconds = min(request.duration_seconds, max(1, round(info.duration_s)))
         cost = status.cost_usd if status.cost_usd is not None else pricing.estimate_usd(
