@@ -51,6 +51,7 @@ locals {
     AIPROD_OUTPUT_URI            = "gs://${local.output_bucket}/outputs"
     AIPROD_DAILY_BUDGET_USD      = tostring(var.daily_budget_usd)
     AIPROD_DAILY_BUDGET_WARN_USD = tostring(var.daily_budget_warn_usd)
+    AIPROD_IMAGE_BUCKETS         = join(",", var.input_image_buckets)
   }
 
   render_deadline_s = var.functions.render.timeout_seconds - var.render_handoff_margin_seconds

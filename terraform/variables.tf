@@ -174,6 +174,17 @@ variable "render_handoff_margin_seconds" {
   }
 }
 
+variable "input_image_buckets" {
+  description = "Buckets callers may name in gs:// image_url values (AIPROD_IMAGE_BUCKETS). Grant the render functions' service accounts read access to them yourself; empty refuses gs:// images."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for b in var.input_image_buckets : can(regex("^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$", b))])
+    error_message = "input_image_buckets must be bucket names, without gs://."
+  }
+}
+
 variable "daily_budget_usd" {
   description = "Hard daily spending limit across all providers, in USD (AIPROD_DAILY_BUDGET_USD)."
   type        = number

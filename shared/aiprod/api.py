@@ -25,7 +25,7 @@ from aiprod.domain import budget as budget_policy
 from aiprod.domain import routing
 from aiprod.domain.apikeys import Principal
 from aiprod.domain.health import healthy
-from aiprod.domain.job import Job, JobRequest
+from aiprod.domain.job import MAX_IMAGE_URL_CHARS, Job, JobRequest
 from aiprod.domain.views import public_job
 from aiprod.problems import PROBLEM_CONTENT_TYPE, Problem, invalid_request, malformed_json
 from aiprod.runtime import Runtime
@@ -35,6 +35,9 @@ from aiprod.services import cancel as cancellation
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+# An image uploaded as a data: URI in image_url may come on top (up to the widest
+# backend's upload limit, as base64), within Cloud Functions' 32 MB request cap.
+MAX_UPLOAD_BODY_BYTES = MAX_BODY_BYTES + MAX_IMAGE_URL_CHARS
 DOWNLOAD_URL_TTL = dt.timedelta(hours=1)
 PRINCIPAL = "aiprod.principal"  # where handle() leaves the caller in the WSGI environ
 PUBLIC_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
@@ -76,17 +79,23 @@ def _read_json(request: Request) -> bytes:
         raise Problem(415, "unsupported-media-type", "The body must be JSON",
                       f"send the body as application/json, not {request.mimetype or 'nothing'}",
                       field="Content-Type")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise Problem(413, "body-too-large", "The body is too large",
-                      f"bodies are limited to {MAX_BODY_BYTES} bytes", field="body")
+    too_large = Problem(413, "body-too-large", "The body is too large",
+                        f"bodies are limited to {MAX_BODY_BYTES} bytes, plus an image "
+                        "uploaded as a data: URI in image_url", field="body")
+    if request.content_length is not None and request.content_length > MAX_UPLOAD_BODY_BYTES:
+        raise too_large
     raw = request.get_data(cache=False)
-    if len(raw) > MAX_BODY_BYTES:
-        raise Problem(413, "body-too-large", "The body is too large",
-                      f"bodies are limited to {MAX_BODY_BYTES} bytes", field="body")
+    if len(raw) > MAX_UPLOAD_BODY_BYTES:
+        raise too_large
     try:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as error:
         raise malformed_json(str(error)) from error
+    if len(raw) > MAX_BODY_BYTES:
+        image = body.get("image_url") if isinstance(body, dict) else None
+        if not (isinstance(image, str) and image.startswith("data:")
+                and len(raw) - len(image) <= MAX_BODY_BYTES):
+            raise too_large
     if not isinstance(body, dict):
         raise malformed_json("expected an object")
     return raw
@@ -177,12 +186,12 @@ def create_job(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
         field, reason = unsafe
         raise Problem(400, "unsafe-url", "The URL is not allowed", f"{field}: {reason}",
                       field=field)
-    job_id, replayed = access.job_id_for(rt, principal.owner, idempotency_key, job_request)
+    job_id = access.job_id_for(rt, principal.owner, idempotency_key, job_request)[0]
     result = admission.admit(rt, job_request, job_id=job_id, owner=principal.owner)
     if isinstance(result, routing.Rejection):
         raise _rejection_problem(rt, result, job_request, principal)
     headers = {"Location": f"/v1/jobs/{result.job.id}"}
-    if idempotency_key is not None and (replayed or not result.created):
+    if idempotency_key is not None and not result.created:
         headers["Idempotent-Replayed"] = "true"
     return _json(public_job(result.job), 201 if result.created else 200, headers)
 
@@ -204,7 +213,8 @@ def cancel_job(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
                       f"job {ended.job.id} already ended {ended.job.status.value}; "
                       "there is nothing to cancel", status_now=ended.job.status.value) from None
     if job is None:
-        raise Problem(404, "job-not-found", "No such job", f"there is no job {args['job_id']}")
+        raise Problem(404, "job-not-found", "No such job", f"there is no job {args['job_id']}",
+                      field="job_id")
     return _json(public_job(job))
 
 
@@ -311,7 +321,9 @@ def handle(rt: Runtime, request: Request) -> Response:
     """Route one HTTP request; every error leaves as problem+json."""
     adapter = URL_MAP.bind("", path_info=request.path)
     try:
-        if request.path.startswith("/v1") and request.path not in PUBLIC_PATHS:
+        # Routing merges repeated slashes, so the key check must too (//v1 is /v1).
+        path = re.sub(r"/{2,}", "/", request.path)
+        if path.startswith("/v1") and path not in PUBLIC_PATHS:
             principal = access.authenticate(rt, request.headers.get("Authorization"))
             access.check_rate(rt, principal)
             request.environ[PRINCIPAL] = principal

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     webhook_allow_hosts: str = ""
     # Development only, likewise, for input image URLs fetched by AIPROD.
     image_allow_hosts: str = ""
+    # Buckets callers may name in gs:// image URLs (comma-separated). AIPROD reads
+    # them with its own identity, so any other bucket (its output bucket above all)
+    # is refused: callers must not borrow AIPROD's access.
+    image_buckets: str = ""
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path)

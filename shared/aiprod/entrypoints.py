@@ -46,7 +46,12 @@ class PubSubMessage:
         message: dict[str, Any] = (event.data or {}).get("message", {})
         self.id: str = message.get("messageId") or message.get("message_id") or event["id"]
         self.attributes: dict[str, str] = message.get("attributes") or {}
-        self.raw: bytes = base64.b64decode(message.get("data") or b"", validate=False)
+        self._data: str | bytes = message.get("data") or b""
+
+    @property
+    def raw(self) -> bytes:
+        """The payload; raises binascii.Error (a ValueError) for bad base64."""
+        return base64.b64decode(self._data, validate=True)
 
     def json(self) -> Any:
         return json.loads(self.raw)
@@ -82,8 +87,10 @@ def render(event: CloudEvent) -> None:
 
 def intake_job_id(message: PubSubMessage) -> str:
     """Stable per message (or per publisher idempotency key), so redelivery admits once."""
-    key = message.attributes.get("idempotency_key") or message.id
-    return "job_" + hashlib.sha256(f"pubsub:{key}".encode()).hexdigest()[:32]
+    key = message.attributes.get("idempotency_key")
+    scoped = (f"key:{message.attributes.get('publisher', '')}:{key}" if key
+              else f"message:{message.id}")
+    return "job_" + hashlib.sha256(f"pubsub:{scoped}".encode()).hexdigest()[:32]
 
 
 def intake_owner(message: PubSubMessage) -> str:
@@ -127,8 +134,22 @@ def intake(event: CloudEvent) -> None:
         return
     result = admission.admit(rt, request, job_id=job_id, owner=intake_owner(message),
                              correlation_id=correlation_id)
+    if isinstance(result, admission.Admitted) and not result.created and (
+            result.job.request != request):
+        # A publisher reused an idempotency key for another job: say so, keep the first.
+        _reject(job_id, correlation_id, "idempotency_key was already used for another job "
+                "request; use a new key for a new job", "idempotency-key-reused")
+        return
     if isinstance(result, routing.Rejection):
+        if result.reason is routing.RejectionReason.UNHEALTHY:
+            # Every fitting backend is cooling down: a temporary state. Pub/Sub retries
+            # with backoff (and dead-letters if it lasts), rather than a final refusal.
+            raise TemporarilyRefused(result.detail)
         _reject(job_id, correlation_id, result.detail, result.reason.value)
+
+
+class TemporarilyRefused(Exception):
+    """Admission cannot take the job now but may shortly."""
 
 
 def _reject(job_id: str, correlation_id: str | None, reason: str, code: str) -> None:

@@ -54,11 +54,19 @@ class UnsafeURL(ValueError):
     """The URL breaks an address rule; the message says which, for the caller."""
 
 
+class ResolverUnavailable(OSError):
+    """The name could not be looked up just now (not "it does not exist"): try later."""
+
+
 def system_resolver(host: str, port: int) -> list[str]:
     """Every address the system resolver gives for `host` (IPv4 and IPv6)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as error:
+    except socket.gaierror as error:
+        if error.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None)):
+            raise ResolverUnavailable(f"looking up {host!r} failed for now") from error
+        raise UnsafeURL(f"the host {host!r} does not resolve") from error
+    except UnicodeError as error:
         raise UnsafeURL(f"the host {host!r} does not resolve") from error
     seen: list[str] = []
     for info in infos:
@@ -86,6 +94,10 @@ def address_problem(ip: IPAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.teredo is not None:
             return "a Teredo tunnel address"
+        if ip in _NAT64_LOCAL:  # reaches a translator inside someone's own network
+            return "a local-use NAT64 address"
+        if ip.is_site_local:
+            return "a site-local address"
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
             inner = address_problem(embedded)

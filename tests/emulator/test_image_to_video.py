@@ -105,3 +105,26 @@ def test_a_plain_http_image_url_is_refused_outside_development(local: LocalStack
     assert reply.status_code == 400
     assert reply.json()["field"] == "image_url"
     assert "https://" in reply.json()["detail"]
+
+
+def test_an_upload_larger_than_the_json_cap_is_accepted_over_rest(local: LocalStack) -> None:
+    # ~300 KB of PNG: over the 64 KiB body cap and Replicate's 256 KiB upload limit,
+    # within Runway's 5 MB.
+    big = png(320, 320, noise=True)
+    assert len(big) > 262_144
+    prompt = "the fox in this big picture"
+    reply = httpx.post(f"{local.api}/v1/jobs", headers=local.auth, timeout=30, json={
+        "prompt": prompt, "image_url": as_data_uri(big, "image/png")})
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["plan"] == ["runway-gen45"]
+    assert local.wait(reply.json()["id"])["status"] == "SUCCEEDED"
+    assert sent_image(local, "runway", prompt)["sha256"] == hashlib.sha256(big).hexdigest()
+
+
+def test_a_gs_image_from_a_bucket_not_listed_is_refused(local: LocalStack) -> None:
+    """AIPROD reads gs:// images with its own identity: only buckets an operator lists."""
+    reply = httpx.post(f"{local.api}/v1/jobs", headers=local.auth, timeout=30, json={
+        "prompt": "fox", "image_url": "gs://aiprod-outputs/outputs/jobs/other/output.mp4"})
+    assert reply.status_code == 400
+    assert reply.json()["field"] == "image_url"
+    assert "AIPROD_IMAGE_BUCKETS" in reply.json()["detail"]

@@ -490,3 +490,9 @@ def test_a_receiver_that_fails_twice_gets_one_verifiable_delivery(
     stored = local.firestore().collection("jobs").document(job["id"]).get().to_dict()
     assert secret not in json.dumps(stored, default=str)
     assert secret not in json.dumps(done)
+
+
+def test_doubled_slashes_do_not_skip_the_key_check(local: LocalStack) -> None:
+    for path in ("//v1/backends", "//v1//budget", "/v1//jobs/x"):
+        response = httpx.get(f"{local.api}{path}", timeout=30)
+        assert response.status_code == 401, path

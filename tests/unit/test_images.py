@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import os
 import struct
 import threading
 import zlib
@@ -16,12 +17,13 @@ from aiprod.adapters.providers.base import ProviderError
 from aiprod.domain.job import ErrorClass
 
 
-def png(width: int = 2, height: int = 2) -> bytes:
-    """A real, minimal PNG."""
+def png(width: int = 2, height: int = 2, noise: bool = False) -> bytes:
+    """A real PNG: one colour, or random pixels (which do not compress) with `noise`."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (struct.pack(">I", len(data)) + kind + data
                 + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    raw = b"".join(b"\x00" + b"\x80\x40\x20" * width for _ in range(height))
+    raw = b"".join(b"\x00" + (os.urandom(3 * width) if noise else b"\x80\x40\x20" * width)
+                   for _ in range(height))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
                                                              0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))

@@ -237,3 +237,9 @@ def test_post_raises_when_no_address_answers() -> None:
     target = check_url("http://127.0.0.1:1/hook", allow_hosts={"127.0.0.1"})
     with pytest.raises(httpx.ConnectError):
         netsafety.post(target, b"{}", {}, timeout=2)
+
+
+@pytest.mark.parametrize("address", ["64:ff9b:1::808:808", "fec0::1"])
+def test_ipv6_ranges_that_reach_inside_a_network_are_refused_even_around_a_public_ipv4(
+        address: str) -> None:
+    assert address_problem(ipaddress.ip_address(address)) is not None

@@ -51,7 +51,7 @@ def load_image(url: str, *, timeout_s: float, max_bytes: int = MAX_IMAGE_BYTES,
             data, declared = netsafety.get(target, max_bytes=max_bytes, timeout=timeout_s)
         except (netsafety.UnsafeURL, netsafety.FetchRefused) as refused:
             raise _invalid("image_url_refused", str(refused)) from refused
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, netsafety.ResolverUnavailable) as exc:
             raise ProviderError(ErrorClass.TRANSIENT, "image_fetch_failed",
                                 f"fetching the image failed: {type(exc).__name__}") from exc
     else:

@@ -44,6 +44,11 @@ def quote(rt: Runtime, request: JobRequest,
 def url_problem(rt: Runtime, request: JobRequest) -> tuple[str, str] | None:
     """The field and reason of a URL AIPROD may not call (aiprod.netsafety): the
     webhook_url, or an https image_url (checked again when it is fetched)."""
+    if request.image_url is not None and request.image_url.startswith("gs://"):
+        bucket = request.image_url.removeprefix("gs://").partition("/")[0]
+        if bucket not in netsafety.parse_allow_hosts(rt.settings.image_buckets):
+            return "image_url", (f"gs://{bucket} is not a bucket AIPROD may read images from "
+                                 "(an operator lists them in AIPROD_IMAGE_BUCKETS)")
     urls = [("webhook_url", request.webhook_url, rt.settings.webhook_allow_hosts)]
     if request.image_url is not None and request.image_url.startswith(("https://", "http://")):
         urls.append(("image_url", request.image_url, rt.settings.image_allow_hosts))
@@ -54,6 +59,8 @@ def url_problem(rt: Runtime, request: JobRequest) -> tuple[str, str] | None:
             netsafety.check_url(url, allow_hosts=netsafety.parse_allow_hosts(allowed))
         except netsafety.UnsafeURL as unsafe:
             return field, str(unsafe)
+        except netsafety.ResolverUnavailable:
+            continue  # cannot judge it now; it is checked again before any request
     return None
 
 
@@ -101,3 +108,4 @@ def _ensure_dispatched(rt: Runtime, job: Job) -> None:
     """
     if job.status is JobStatus.QUEUED and not job.attempts:
         dispatch(rt, job, job.plan[0], 0)
+        emit(rt, job, EventType.QUEUED)  # same event id: receivers see it once

@@ -97,6 +97,8 @@ def deliver(rt: Runtime, event: dict[str, Any]) -> None:
         log(logger, logging.WARNING, f"webhook dropped: {unsafe}", job_id=job.get("id"),
             webhook_id=webhook_id, webhook_host=host)
         return
+    except netsafety.ResolverUnavailable as blip:  # DNS trouble: Pub/Sub retries
+        raise WebhookFailed(str(blip)) from blip
     body = payload_of(event)
     timestamp = int(rt.clock().timestamp())
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
