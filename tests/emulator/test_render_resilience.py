@@ -82,7 +82,8 @@ def test_cancelling_mid_render_stops_the_provider_task_and_records_nothing_more(
     final = local.job(job["id"])
     assert final["status"] == "CANCELLED"
     assert final["output"] is None
-    assert final["cost_usd"] == 0
+    # The provider may bill a render up to its cancel: counted, so the budget holds.
+    assert final["cost_usd"] == final["estimated_cost_usd"]
     assert [a["status"] for a in final["attempts"]] == ["CANCELLED"]
     again = httpx.post(f"{local.api}/v1/jobs/{job['id']}:cancel", headers=local.auth,
                        timeout=30)

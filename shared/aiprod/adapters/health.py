@@ -85,6 +85,15 @@ class FirestoreHealth:
                         continue
         return None
 
+    def release_probe(self, backend: str, caller: str) -> None:
+        """A probe that met no verdict on health (a 429, a refusal): reopen the circuit,
+        its cool-down already over, so the next caller probes instead of waiting out
+        this probe's lease."""
+        ref = self._health.document(backend)
+        health = _health(backend, ref.get().to_dict() or {})
+        if health.state is CircuitState.HALF_OPEN and health.probe_owner == caller:
+            ref.set({"state": CircuitState.OPEN.value, "probe_owner": None}, merge=True)
+
     def release_slot(self, backend: str, slot: str) -> None:
         self._health.document(backend).collection(SLOTS).document(slot).delete()
 

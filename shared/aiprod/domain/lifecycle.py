@@ -146,7 +146,7 @@ def succeed(job: Job, index: int, output: Output, cost_usd: float, quality: floa
     attempt.cost_usd = cost_usd
     job.status = JobStatus.SUCCEEDED
     job.output = output
-    job.cost_usd = round(sum(a.cost_usd for a in job.attempts), 6)
+    _total_cost(job)
     job.quality_score = quality
     job.updated_at = now
     return True
@@ -186,7 +186,7 @@ def fail_attempt(job: Job, index: int, error: AttemptError, now: dt.datetime,
     attempt.ended_at = now
     attempt.error = error
     attempt.cost_usd = cost_usd
-    job.cost_usd = round(sum(a.cost_usd for a in job.attempts), 6)
+    _total_cost(job)
     job.updated_at = now
     following = next_backend(job) if falls_back(error.error_class, fallback_on_refusal) else None
     if following is None:
@@ -204,6 +204,24 @@ class Cancellation:
     open_attempt: int | None  # the attempt whose provider task should be stopped
 
 
+def _end_open_attempt(attempt: Attempt, status: AttemptStatus, now: dt.datetime,
+                      error: AttemptError | None = None) -> None:
+    """End an attempt from outside its render. A provider task that may exist may
+    have been billed (a cancelled render is billed up to the cancel by some
+    providers): count its estimate, budget safety first."""
+    if attempt.provider_task_id or attempt.status in (AttemptStatus.UNKNOWN,
+                                                      AttemptStatus.CREATING):
+        attempt.cost_usd = attempt.estimated_cost_usd
+    attempt.status = status
+    attempt.ended_at = now
+    if error is not None:
+        attempt.error = error
+
+
+def _total_cost(job: Job) -> None:
+    job.cost_usd = round(sum(a.cost_usd for a in job.attempts), 6)
+
+
 def cancel(job: Job, reason: str, now: dt.datetime) -> Cancellation:
     """End a job at the caller's request; its open attempt ends with it."""
     if job.status.terminal:
@@ -211,9 +229,9 @@ def cancel(job: Job, reason: str, now: dt.datetime) -> Cancellation:
     open_attempt = None
     for index, attempt in enumerate(job.attempts):
         if not attempt.status.terminal:
-            attempt.status = AttemptStatus.CANCELLED
-            attempt.ended_at = now
+            _end_open_attempt(attempt, AttemptStatus.CANCELLED, now)
             open_attempt = index
+    _total_cost(job)
     job.status = JobStatus.CANCELLED
     job.status_reason = reason
     job.updated_at = now
@@ -226,15 +244,9 @@ def fail_job(job: Job, reason: str, now: dt.datetime) -> bool:
         return False
     for attempt in job.attempts:
         if not attempt.status.terminal:
-            # A task that may exist may have been billed: count it (budget safety first).
-            if attempt.provider_task_id or attempt.status in (AttemptStatus.UNKNOWN,
-                                                              AttemptStatus.CREATING):
-                attempt.cost_usd = attempt.estimated_cost_usd
-            attempt.status = AttemptStatus.FAILED
-            attempt.ended_at = now
-            attempt.error = AttemptError(error_class=ErrorClass.UNKNOWN, code="dead_lettered",
-                                         message=reason)
-    job.cost_usd = round(sum(a.cost_usd for a in job.attempts), 6)
+            _end_open_attempt(attempt, AttemptStatus.FAILED, now, AttemptError(
+                error_class=ErrorClass.UNKNOWN, code="dead_lettered", message=reason))
+    _total_cost(job)
     job.status = JobStatus.FAILED
     job.status_reason = reason
     job.updated_at = now

@@ -86,6 +86,8 @@ def after_call(rt: Runtime, ticket: Pass, error: AttemptError | None,
         strike(rt, ticket.backend, error)
     elif ticket.slot is not None:
         rt.health.release_slot(ticket.backend, ticket.slot)
+    elif error is not None:
+        rt.health.release_probe(ticket.backend, ticket.caller)
 
 
 def strike(rt: Runtime, backend: str, error: AttemptError) -> None:
@@ -93,6 +95,12 @@ def strike(rt: Runtime, backend: str, error: AttemptError) -> None:
         log(logger, logging.WARNING, f"circuit opened for {backend}", backend=backend,
             event="circuit_state", state="open", code=error.code)
         telemetry.circuit(backend, "open")
+
+
+def no_verdict(rt: Runtime, backend: str, caller: str) -> None:
+    """A render ended in a way that says nothing of the backend's health: if it was
+    the probe, let another caller probe."""
+    rt.health.release_probe(backend, caller)
 
 
 def rendered(rt: Runtime, backend: str) -> None:

@@ -180,7 +180,7 @@ def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task
     first = True
     while True:
         # Between polls the job may have been cancelled: then stop, record nothing.
-        if not first and _ended_elsewhere(rt, message):
+        if not first and _ended_elsewhere(rt, message, backend, task_id):
             return
         first = False
         try:
@@ -200,6 +200,8 @@ def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task
                                    message=failure.message)
             if health_policy.is_strike(verdict.error_class, failure.throttled):
                 gate.strike(rt, backend.name, verdict)
+            else:
+                gate.no_verdict(rt, backend.name, f"{message.job_id}:{message.attempt}")
             _fail(rt, message.job_id, message.attempt, verdict)
             return
         if status.state is TaskState.CANCELLED:
@@ -295,15 +297,28 @@ def _hand_off(rt: Runtime, backend: Backend, message: RenderMessage) -> None:
         job_id=message.job_id, backend=backend.name)
 
 
-def _ended_elsewhere(rt: Runtime, message: RenderMessage) -> bool:
+def _ended_elsewhere(rt: Runtime, message: RenderMessage, backend: Backend | None = None,
+                     task_id: str | None = None) -> bool:
     """The job was cancelled (or otherwise ended) while we rendered: stop, record nothing
-    (but make sure the attempt's hold is closed, whoever ended it)."""
+    (but make sure the attempt's hold is closed, whoever ended it). With a task, also
+    end a render that outlived the provider's own task timeout, so no job polls forever."""
     job = rt.store.get(message.job_id)
     if job is None or job.status.terminal or job.attempts[message.attempt].status.terminal:
         log(logger, logging.INFO, "render stopped: the job ended elsewhere",
             job_id=message.job_id, attempt=message.attempt)
         if job is not None:
             budget.close(rt, job, message.attempt)
+        return True
+    attempt = job.attempts[message.attempt]
+    if backend is not None and task_id is not None and (
+            (rt.clock() - attempt.started_at).total_seconds() > backend.limits.task_timeout_s):
+        rt.provider(backend.name).cancel(task_id)
+        failure = AttemptError(error_class=ErrorClass.BACKEND, code="task_timeout",
+                               message=f"the task ran past {backend.name}'s "
+                                       f"{backend.limits.task_timeout_s} s task timeout")
+        gate.strike(rt, backend.name, failure)
+        _fail(rt, message.job_id, message.attempt, failure,
+              cost_usd=attempt.estimated_cost_usd)
         return True
     return False
 
