@@ -6,6 +6,7 @@ Provider secrets are SecretStr so they never print in logs or reprs.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from pathlib import Path
 
@@ -76,6 +77,12 @@ class Settings(BaseSettings):
     # them with its own identity, so any other bucket (its output bucket above all)
     # is refused: callers must not borrow AIPROD's access.
     image_buckets: str = ""
+
+    @property
+    def attempt_lease(self) -> dt.timedelta:
+        """How long one invocation may hold an attempt (or a circuit probe): it hands
+        off to a continuation before this runs out."""
+        return dt.timedelta(seconds=self.create_timeout_s + self.render_deadline_s + 60)
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path)

@@ -43,21 +43,16 @@ def _slot_lease(rt: Runtime) -> dt.timedelta:
     return dt.timedelta(seconds=rt.settings.create_timeout_s * 2 + 30)
 
 
-def _probe_lease(rt: Runtime) -> dt.timedelta:
-    """A probe is a whole render: it may take as long as an attempt's lease."""
-    settings = rt.settings
-    return dt.timedelta(seconds=settings.create_timeout_s + settings.render_deadline_s + 60)
-
-
 def enter(rt: Runtime, backend: str, caller: str) -> Pass | AttemptError:
     """A pass for one call to `backend`, or why not (the job then falls back)."""
     deadline = time.monotonic() + rt.settings.backend_busy_wait_s
     while True:
         now = rt.clock()
         health = rt.health.get(backend)
-        verdict = policy.gate(health, now, _cooldown(rt), _probe_lease(rt), caller)
+        probe_lease = rt.settings.attempt_lease  # a probe is a whole render
+        verdict = policy.gate(health, now, _cooldown(rt), probe_lease, caller)
         if verdict is policy.Gate.PROBE:
-            if rt.health.claim_probe(backend, caller, now, _cooldown(rt), _probe_lease(rt)):
+            if rt.health.claim_probe(backend, caller, now, _cooldown(rt), probe_lease):
                 log(logger, logging.INFO, f"circuit half-open for {backend}: probing",
                     backend=backend, event="circuit_state", state="half_open", caller=caller)
                 telemetry.circuit(backend, "half_open")

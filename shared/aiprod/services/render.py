@@ -8,7 +8,6 @@ would outlive the function republishes a continuation to its own topic.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import random
@@ -35,12 +34,6 @@ logger = logging.getLogger(__name__)
 OUTPUT_CONTENT_TYPE = "video/mp4"
 
 
-def _lease(rt: Runtime) -> dt.timedelta:
-    """How long an invocation may hold an attempt: it hands off before this runs out."""
-    settings = rt.settings
-    return dt.timedelta(seconds=settings.create_timeout_s + settings.render_deadline_s + 60)
-
-
 def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None:
     backend = rt.catalog.get(message.backend)
     job = rt.store.get(message.job_id)
@@ -51,7 +44,7 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
 
     def claim_on(candidate: Job) -> lifecycle.Claim:
         return lifecycle.claim_attempt(candidate, backend.name, message.attempt, delivery_id,
-                                       rt.clock(), _lease(rt), estimate)
+                                       rt.clock(), rt.settings.attempt_lease, estimate)
 
     # Most duplicate deliveries are settled by a plain read; only claims that change
     # the job take a transaction (which re-decides on fresh data).
