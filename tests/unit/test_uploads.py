@@ -109,3 +109,50 @@ def test_a_staged_image_that_changed_is_not_sent() -> None:
         raise FileNotFoundError("x")
     with pytest.raises(ProviderError, match="image_not_found"):
         images.read_staged(gone, "file:///x", SHA)
+
+
+class _Blob:
+    def __init__(self, exists: bool) -> None:
+        self.exists = exists
+        self.calls: list[dict[str, object]] = []
+
+    def upload_from_string(self, data: bytes, **kwargs: object) -> None:
+        from google.api_core import exceptions as gexc
+
+        self.calls.append(kwargs)
+        if self.exists and kwargs.get("if_generation_match") == 0:
+            raise gexc.PreconditionFailed("At least one of the pre-conditions did not hold.")
+
+
+class _Bucket:
+    name = "b"
+
+    def __init__(self, blob: _Blob) -> None:
+        self._blob = blob
+
+    def blob(self, name: str) -> _Blob:
+        return self._blob
+
+
+class _Client:
+    def __init__(self, blob: _Blob) -> None:
+        self._blob = blob
+
+    def bucket(self, name: str) -> _Bucket:
+        return _Bucket(self._blob)
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_staging_in_cloud_storage_is_create_only(exists: bool) -> None:
+    """ifGenerationMatch=0 makes the write create-only (a 412 when the object exists:
+    https://cloud.google.com/storage/docs/request-preconditions), so roles/
+    storage.objectCreator is enough for api and intake; the storage emulator ignores
+    preconditions, hence this check of what is sent."""
+    from aiprod.adapters.storage import GcsOutputStore
+
+    blob = _Blob(exists)
+    store = GcsOutputStore("b", "outputs", client=_Client(blob))
+    uri = store.stage(IMAGE, staged_key("job_1", SHA, "image/png"), "image/png")
+    assert uri == f"gs://b/outputs/jobs/job_1/input/{SHA}.png"
+    assert blob.calls == [{"content_type": "image/png", "checksum": "crc32c",
+                           "if_generation_match": 0}]
