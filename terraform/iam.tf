@@ -56,8 +56,8 @@ resource "google_storage_bucket_iam_member" "outputs" {
   for_each = local.output_bucket_roles
 
   bucket = google_storage_bucket.outputs.name
-  role   = each.value
-  member = google_service_account.runtime[each.key].member
+  role   = each.value.role
+  member = google_service_account.runtime[each.value.function].member
 }
 
 # V4 signed download URLs from a function's own identity go through IAM

@@ -170,13 +170,25 @@ locals {
     }
   ]...)
   # Output bucket: render functions write (and overwrite, for idempotent
-  # retries) outputs; the API reads them to sign download URLs.
+  # retries) outputs and read staged input images; the API reads outputs to sign
+  # download URLs. The api and intake functions stage uploaded images
+  # (jobs/<id>/input/<sha256>) create-only (ifGenerationMatch=0: a content-addressed
+  # object already there is kept), so objectCreator is enough: no read, no overwrite.
   output_bucket_roles = merge(
-    { for name, f in local.render_functions : name => "roles/storage.objectUser" },
-    { api = "roles/storage.objectViewer" },
+    { for name, f in local.render_functions : "${name}/roles/storage.objectUser" => { function = name, role = "roles/storage.objectUser" } },
+    {
+      "api/roles/storage.objectViewer"     = { function = "api", role = "roles/storage.objectViewer" }
+      "api/roles/storage.objectCreator"    = { function = "api", role = "roles/storage.objectCreator" }
+      "intake/roles/storage.objectCreator" = { function = "intake", role = "roles/storage.objectCreator" }
+    },
   )
-  # Functions that sign URLs with their own identity (IAM signBlob).
-  signs_urls = ["api"]
+  # Functions that sign URLs with their own identity (IAM signBlob): the API for
+  # downloads, and the render functions of providers that fetch a staged upload too
+  # large to send inline by a signed URL (Runway, Replicate).
+  signs_urls = concat(["api"], [
+    for name, f in local.render_functions : name
+    if contains(["runway", "replicate"], local.backends[f.backend].provider)
+  ])
   # Veo is called on Vertex AI as the function's own service account.
   vertex_users = [for name, f in local.render_functions : name if local.backends[f.backend].provider == "veo"]
 

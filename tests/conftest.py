@@ -18,7 +18,7 @@ import httpx
 import pytest
 from google.cloud import firestore
 
-from aiprod.domain.job import Job
+from aiprod.adapters.store import job_from_doc
 from aiprod.domain.views import public_job
 from aiprod.localstack import control
 
@@ -128,7 +128,7 @@ class LocalStack:
             snapshot = self._client.collection("jobs").document(job_id).get()
             doc = snapshot.to_dict() or {}
             if snapshot.exists and not str(doc.get("owner", "")).startswith("key:"):
-                return public_job(Job.model_validate(doc))
+                return public_job(job_from_doc(doc))
         assert response.status_code == 200, response.text
         job: dict[str, Any] = response.json()
         return job

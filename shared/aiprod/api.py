@@ -108,6 +108,8 @@ def _rejection_field(rt: Runtime, request: JobRequest, reason: routing.Rejection
         return "min_quality"
     if reason is routing.RejectionReason.OVER_JOB_CEILING:
         return "max_cost_usd"
+    if reason is routing.RejectionReason.IMAGE_TOO_LARGE:
+        return "image_url"
     if reason is not routing.RejectionReason.UNSUPPORTED:
         return None
     capabilities = [b.capabilities.get(request.mode) for b in rt.catalog.backends]
@@ -138,7 +140,10 @@ def _rejection_problem(rt: Runtime, rejection: routing.Rejection, request: JobRe
     extra: dict[str, Any] = {}
     headers: dict[str, str] = {}
     status, title = 422, "No backend can take this job"
-    if rejection.reason is routing.RejectionReason.UNHEALTHY:
+    if rejection.reason is routing.RejectionReason.IMAGE_TOO_LARGE:
+        status, title = 413, "The uploaded image is too large"
+        extra = {"limit": "max_image_data_uri_bytes", "limit_bytes": rejection.limit_bytes}
+    elif rejection.reason is routing.RejectionReason.UNHEALTHY:
         status, title = 503, "Every fitting backend is failing"
         headers["Retry-After"] = str(int(rt.settings.circuit_cooldown_s))
     elif rejection.reason is routing.RejectionReason.BUDGET_EXHAUSTED:
@@ -187,7 +192,11 @@ def create_job(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
         raise Problem(400, "unsafe-url", "The URL is not allowed", f"{field}: {reason}",
                       field=field)
     job_id = access.job_id_for(rt, principal.owner, idempotency_key, job_request)[0]
-    result = admission.admit(rt, job_request, job_id=job_id, owner=principal.owner)
+    try:
+        result = admission.admit(rt, job_request, job_id=job_id, owner=principal.owner)
+    except admission.InvalidUpload as bad:
+        raise Problem(422, "invalid-image", "The uploaded image is not valid",
+                      f"image_url: {bad.message}", field="image_url", code=bad.code) from None
     if isinstance(result, routing.Rejection):
         raise _rejection_problem(rt, result, job_request, principal)
     headers = {"Location": f"/v1/jobs/{result.job.id}"}

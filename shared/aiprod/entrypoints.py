@@ -22,7 +22,7 @@ from aiprod import api as rest
 from aiprod import logs, tracing
 from aiprod.domain import routing
 from aiprod.domain.events import EventType, JobEvent
-from aiprod.domain.job import JobRequest, JobStatus
+from aiprod.domain.job import JobRequest, JobStatus, same_request
 from aiprod.logs import log
 from aiprod.openapi import JOB_REQUEST_SCHEMA_ID
 from aiprod.problems import invalid_request
@@ -132,10 +132,15 @@ def intake(event: CloudEvent) -> None:
         telemetry.rejected("unsafe_url", job_id)
         _reject(job_id, correlation_id, f"{unsafe[0]}: {unsafe[1]}", "unsafe-url")
         return
-    result = admission.admit(rt, request, job_id=job_id, owner=intake_owner(message),
-                             correlation_id=correlation_id)
-    if isinstance(result, admission.Admitted) and not result.created and (
-            result.job.request != request):
+    try:
+        result = admission.admit(rt, request, job_id=job_id, owner=intake_owner(message),
+                                 correlation_id=correlation_id)
+    except admission.InvalidUpload as bad:
+        telemetry.rejected("invalid_image", job_id)
+        _reject(job_id, correlation_id, f"image_url: {bad.message}", "invalid-image")
+        return
+    if isinstance(result, admission.Admitted) and not result.created and not same_request(
+            result.job, request):
         # A publisher reused an idempotency key for another job: say so, keep the first.
         _reject(job_id, correlation_id, "idempotency_key was already used for another job "
                 "request; use a new key for a new job", "idempotency-key-reused")

@@ -67,6 +67,16 @@ class OutputView(_View):
     sha256: str
 
 
+class InputImageView(_View):
+    """An image uploaded as a data: URI, staged by AIPROD: shown by reference only."""
+
+    uri: str = Field(description="where AIPROD staged it (gs:// or file://), under the job's "
+                                 "prefix; removed with the job's output")
+    sha256: str
+    mime_type: str
+    bytes: int
+
+
 class JobView(_View):
     """A job: GET /v1/jobs/{job_id}, POST /v1/jobs, and webhook and event payloads."""
 
@@ -79,7 +89,9 @@ class JobView(_View):
     attempts: list[AttemptView]
     output: OutputView | None
     quality_score: float | None
-    request: JobRequest
+    request: JobRequest = Field(description="the request as admitted; an uploaded image's "
+                                           "image_url is replaced by its staged uri")
+    input_image: InputImageView | None
     metadata: dict[str, str]
     correlation_id: str | None
     created_at: dt.datetime
@@ -240,10 +252,14 @@ def document() -> dict[str, Any]:
                            job_headers),
                 "400": _problem("the body is not a valid job request (`field` names the "
                                 "offending field)"),
-                "413": _problem("the body is over 64 KiB"),
+                "413": _problem("the body is over 64 KiB (besides an image uploaded as a data: "
+                                "URI), or the uploaded image is larger than every fitting "
+                                "backend takes (`rejected-image-too-large`: `limit_bytes`)"),
                 "415": _problem("the body is not application/json"),
                 "422": _problem("no backend can take the job as asked (`reason`, `backends`), "
-                                "or the Idempotency-Key was used with another body"),
+                                "the uploaded image is not a base64 PNG or JPEG "
+                                "(`invalid-image`), or the Idempotency-Key was used with "
+                                "another body"),
                 "503": _problem("every backend that fits is failing", _RETRY_AFTER),
                 **_AUTH_ERRORS,
             }}},

@@ -101,3 +101,32 @@ def test_a_gs_image_is_read_in_house_and_checked(gcs: storage.Client) -> None:
         load_image("gs://aiprod-outputs/inputs/missing.png", timeout_s=5)
     with pytest.raises(ProviderError, match="unsupported_image_type"):
         load_image("gs://aiprod-outputs/inputs/notes.txt", timeout_s=5)
+
+
+def test_an_upload_is_staged_once_create_only_and_read_back(gcs: storage.Client) -> None:
+    """Staging writes with ifGenerationMatch=0, so the api and intake functions need only
+    roles/storage.objectCreator; a retry of the same content keeps the object."""
+    from aiprod.domain.job import staged_key
+    from tests.unit.test_images import png
+
+    image = png(64, 64, noise=True)
+    sha256 = hashlib.sha256(image).hexdigest()
+    store = GcsOutputStore("aiprod-outputs", "outputs", client=gcs)
+    key = staged_key("job_9", sha256, "image/png")
+
+    uri = store.stage(image, key, "image/png")
+    blob = gcs.bucket("aiprod-outputs").get_blob(f"outputs/jobs/job_9/input/{sha256}.png")
+    assert blob is not None
+    generation = blob.generation
+
+    assert store.stage(image, key, "image/png") == uri  # a retried admission
+    assert uri == f"gs://aiprod-outputs/outputs/jobs/job_9/input/{sha256}.png"
+    again = gcs.bucket("aiprod-outputs").get_blob(f"outputs/jobs/job_9/input/{sha256}.png")
+    assert again is not None
+    # Production keeps the first object (412 on ifGenerationMatch=0; pinned in
+    # tests/unit/test_uploads.py); this emulator ignores the precondition and rewrites.
+    assert again.generation >= generation
+    assert again.content_type == "image/png"
+    assert store.read(uri) == image
+    with pytest.raises(FileNotFoundError):
+        store.read("gs://aiprod-outputs/outputs/jobs/job_9/input/missing.png")

@@ -596,12 +596,24 @@ def test_roles_are_the_least_each_function_needs(deployment: Deployment) -> None
         used = {deployment.resolve(s).key for s in secret_env(fn).values()}
         assert accessors.get(f"runtime/{name}", set()) == used, name
 
-    bucket_roles = {account_of(deployment, b.get("member")): b.get("role")
-                    for b in deployment.instances("google_storage_bucket_iam_member",
-                                                  "outputs").values()}
-    assert bucket_roles.pop("runtime/api") == "roles/storage.objectViewer"
-    assert bucket_roles == {f"runtime/render-{b.name}": "roles/storage.objectUser"
+    bucket_roles: dict[str, set[str]] = {}
+    for b in deployment.instances("google_storage_bucket_iam_member", "outputs").values():
+        bucket_roles.setdefault(account_of(deployment, b.get("member")), set()).add(
+            b.get("role"))
+    # The api signs download URLs (read) and, with intake, stages uploaded images
+    # create-only (services.admission.stage_upload uses ifGenerationMatch=0).
+    assert bucket_roles.pop("runtime/api") == {"roles/storage.objectViewer",
+                                               "roles/storage.objectCreator"}
+    assert bucket_roles.pop("runtime/intake") == {"roles/storage.objectCreator"}
+    assert bucket_roles == {f"runtime/render-{b.name}": {"roles/storage.objectUser"}
                             for b in CATALOG.backends}
+
+    signers = {account_of(deployment, b.get("member"))
+               for b in deployment.instances("google_service_account_iam_member",
+                                             "self_signer").values()}
+    # Runway and Replicate fetch an upload too large to send inline by a signed URL.
+    assert signers == {"runtime/api"} | {f"runtime/render-{b.name}" for b in CATALOG.backends
+                                         if b.provider in ("runway", "replicate")}
 
 
 def test_pubsub_service_agent_can_dead_letter(deployment: Deployment) -> None:
@@ -640,6 +652,12 @@ def test_output_bucket_is_private_uniform_and_expires_outputs(deployment: Deploy
     deletes = [r for r in bucket.blocks("lifecycle_rule")
                if r.block("action").get("type") == "Delete"]
     assert [r.block("condition").get("age") for r in deletes] == [30]
+    # The rule covers the whole bucket (no prefix condition), so staged uploads under
+    # jobs/<id>/input/ go with the job's output (adapters/storage.py).
+    for rule in deletes:
+        condition = rule.block("condition")
+        assert condition.get("matches_prefix") in (None, [])
+        assert condition.get("matches_suffix") in (None, [])
 
 
 def test_monitoring_reads_monitoring_yaml(tf_config: tfconfig.Config, tmp_path: Path) -> None:

@@ -169,4 +169,27 @@ def test_an_uploaded_image_too_big_for_a_backend_rules_it_out() -> None:
     huge = "data:image/png;base64," + "A" * 27_000_000
     rejection = routing.plan(JobRequest(prompt="fox", image_url=huge), CATALOG)
     assert isinstance(rejection, routing.Rejection)
-    assert "runway-gen45 takes uploaded images of at most 5242880 bytes" in rejection.detail
+    # Only the upload's size stops the backends that could render 5 s: it says which limit.
+    assert rejection.reason is routing.RejectionReason.IMAGE_TOO_LARGE
+    assert rejection.limit_bytes == 5242880
+    assert "at most 5242880 bytes (runway-gen45)" in rejection.detail
+    assert "takes uploaded images of at most 5242880 bytes" in rejection.problems["runway-gen45"]
+
+
+def test_an_upload_over_every_limit_names_the_widest_limit() -> None:
+    huge = "data:image/png;base64," + "A" * 27_990_000  # 20.99 MB: over Veo's 20 MiB too
+    rejection = routing.plan(JobRequest(prompt="fox", image_url=huge, duration_seconds=6),
+                             CATALOG)
+    assert isinstance(rejection, routing.Rejection)
+    assert rejection.reason is routing.RejectionReason.IMAGE_TOO_LARGE
+    assert rejection.limit_bytes == 20971520
+    assert "(veo-31-fast)" in rejection.detail
+
+
+def test_an_upload_is_not_blamed_when_another_field_rules_every_backend_out() -> None:
+    big = "data:image/png;base64," + "A" * 8_000_000  # 6 MB: over Runway's, within Veo's
+    rejection = routing.plan(JobRequest(prompt="fox", image_url=big, duration_seconds=40),
+                             CATALOG)
+    assert isinstance(rejection, routing.Rejection)
+    assert rejection.reason is routing.RejectionReason.UNSUPPORTED
+    assert rejection.limit_bytes is None

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Collection
+import hashlib
+from collections.abc import Callable, Collection
 
 import httpx
 
 from aiprod import netsafety
-from aiprod.adapters.providers.base import ProviderError
+from aiprod.adapters.providers.base import ProviderError, StagedImage
 from aiprod.domain.job import ErrorClass
 
 MAX_IMAGE_BYTES = 20 * 1024**2
@@ -102,3 +103,35 @@ def url_for_provider(url: str, *, timeout_s: float) -> str:
     if url.startswith("gs://"):
         return as_data_uri(*load_image(url, timeout_s=timeout_s))
     return url
+
+
+def data_uri_chars(size: int) -> int:
+    """The length of the base64 payload of a data URI holding `size` bytes."""
+    return 4 * ((size + 2) // 3)
+
+
+def staged_for_provider(image: StagedImage, *, inline: bool, provider: str) -> str:
+    """For providers that take a data URI or fetch a URL (Runway, Replicate): the data
+    URI when the provider takes it that large (`inline`), else a signed https URL to
+    the staged copy. The local output folder cannot give one: such an image is refused
+    there as the caller's (it would work in production)."""
+    if inline:
+        return as_data_uri(image.read(), image.mime_type)
+    url = image.signed_url()
+    if url.startswith("https://"):
+        return url
+    raise _invalid("image_too_large_for_data_uri",
+                   f"{provider} takes an image of {image.size} bytes only by https URL, "
+                   "and this deployment's output store cannot sign one")
+
+
+def read_staged(read: Callable[[], bytes], uri: str, sha256: str) -> bytes:
+    """A staged upload's bytes, checked against the hash taken at admission."""
+    try:
+        data = read()
+    except FileNotFoundError as exc:
+        raise _invalid("image_not_found", f"the staged image {uri} is gone") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ProviderError(ErrorClass.BACKEND, "staged_image_corrupt",
+                            f"the staged image {uri} does not match its sha256")
+    return data

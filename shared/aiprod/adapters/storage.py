@@ -2,10 +2,15 @@
 
 `file://DIR` keeps outputs in a local folder (development); `gs://BUCKET/PREFIX`
 keeps them in Cloud Storage (production, or the storage emulator in tests).
+
+Uploaded input images are staged here too, under the job's own prefix
+(jobs/<job id>/input/<sha256>.<ext>), so the bucket's lifecycle rule removes them
+with the job's output and a job document never holds the bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -22,6 +27,15 @@ class OutputStore(Protocol):
 
     def download_url(self, uri: str, expires_in: dt.timedelta) -> str:
         """A URL a caller can fetch the output from, valid for `expires_in`."""
+        ...
+
+    def stage(self, data: bytes, key: str, content_type: str) -> str:
+        """Write `data` to `key` once (a content-addressed key: an object already
+        there is the same bytes, and is kept); return its URI."""
+        ...
+
+    def read(self, uri: str) -> bytes:
+        """The whole object at `uri` (a staged input: at most a few MB)."""
         ...
 
 
@@ -41,6 +55,22 @@ class LocalOutputStore:
     def download_url(self, uri: str, expires_in: dt.timedelta) -> str:
         return uri  # a local file needs no signature
 
+    def stage(self, data: bytes, key: str, content_type: str) -> str:
+        target = self._root / key
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".partial-",
+                                             delete=False) as partial:
+                partial.write(data)
+            Path(partial.name).replace(target)
+        return target.as_uri()
+
+    def read(self, uri: str) -> bytes:
+        path = Path(urlparse(uri).path).resolve()
+        if not path.is_relative_to(self._root):
+            raise FileNotFoundError(f"{uri} is not in this store")
+        return path.read_bytes()
+
 
 class GcsOutputStore:
     """Cloud Storage (or the storage emulator when STORAGE_EMULATOR_HOST is set)."""
@@ -58,6 +88,31 @@ class GcsOutputStore:
         # crc32c: the upload is verified end to end, or it raises.
         blob.upload_from_filename(str(source), content_type=content_type, checksum="crc32c")
         return f"gs://{self._bucket.name}/{name}"
+
+    def stage(self, data: bytes, key: str, content_type: str) -> str:
+        from google.api_core import exceptions as gexc
+
+        name = f"{self._prefix}/{key}" if self._prefix else key
+        # if_generation_match=0: create only, so the writer needs no delete permission
+        # (roles/storage.objectCreator); crc32c checks the upload. PreconditionFailed:
+        # already staged (the key is the content's sha256).
+        with contextlib.suppress(gexc.PreconditionFailed):
+            self._bucket.blob(name).upload_from_string(
+                data, content_type=content_type, checksum="crc32c", if_generation_match=0)
+        return f"gs://{self._bucket.name}/{name}"
+
+    def read(self, uri: str) -> bytes:
+        parsed = urlparse(uri)
+        if parsed.netloc != self._bucket.name:
+            raise FileNotFoundError(f"{uri} is not in this store")
+        from google.api_core import exceptions as gexc
+
+        try:
+            data: bytes = self._bucket.blob(parsed.path.lstrip("/")).download_as_bytes(
+                checksum="crc32c")
+        except gexc.NotFound as gone:
+            raise FileNotFoundError(uri) from gone
+        return data
 
     def download_url(self, uri: str, expires_in: dt.timedelta) -> str:
         name = urlparse(uri).path.lstrip("/")

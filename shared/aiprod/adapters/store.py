@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from aiprod.domain.job import Job
+from aiprod.domain.job import STORED, Job
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ def job_to_doc(job: Job) -> dict[str, Any]:
 
 
 def job_from_doc(doc: dict[str, Any]) -> Job:
-    return Job.model_validate(doc)
+    return Job.model_validate(doc, context=STORED)
 
 
 class FirestoreJobStore:

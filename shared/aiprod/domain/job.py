@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -11,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -20,6 +23,9 @@ from aiprod.catalog import Mode
 MAX_PROMPT_CHARS = 5000  # the widest provider limit; per-backend limits apply in routing
 MAX_IMAGE_URL_CHARS = 28_000_000  # a 20 MiB image as base64, within a 32 MB request
 IMAGE_DATA_URI = ("data:image/png;base64,", "data:image/jpeg;base64,")
+# Validation context of a job read back from the store: its request may name an
+# upload staged in AIPROD's own output store, which a caller may never name.
+STORED = {"stored": True}
 # Text only: no control characters but tab, newline and carriage return.
 PROMPT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
@@ -73,11 +79,13 @@ class JobRequest(BaseModel):
 
     @field_validator("image_url")
     @classmethod
-    def _image_source(cls, url: str | None) -> str | None:
+    def _image_source(cls, url: str | None, info: ValidationInfo) -> str | None:
         # http:// passes here only to get admission's clearer refusal (aiprod.netsafety),
         # which a development allow-list can lift for a local image server.
         if url is None or url.startswith(("https://", "http://", "gs://", *IMAGE_DATA_URI)):
             return url
+        if url.startswith("file://") and (info.context or {}).get("stored"):
+            return url  # an upload staged in the local stack's output folder
         raise ValueError("image_url must be an https:// URL, a gs:// URI, or a base64 "
                          "data:image/png or data:image/jpeg URI")
 
@@ -164,6 +172,40 @@ class Attempt(BaseModel):
     reservation_id: str = ""
 
 
+class InputImage(BaseModel):
+    """An uploaded image, staged in the output store at admission: the job keeps this
+    reference, never the bytes (a Firestore document holds at most 1 MiB)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str            # gs://BUCKET/PREFIX/jobs/<job id>/input/<sha256>.<ext>, or file://
+    sha256: str
+    mime_type: str
+    bytes: int
+
+
+def staged_key(job_id: str, sha256: str, mime_type: str) -> str:
+    """Where an upload is staged: under the job's prefix (removed with its output by
+    the bucket's lifecycle rule), named by its content so a retry writes nothing new."""
+    extension = {"image/png": "png", "image/jpeg": "jpg"}[mime_type]
+    return f"jobs/{job_id}/input/{sha256}.{extension}"
+
+
+def same_request(stored: Job, request: JobRequest) -> bool:
+    """Whether `request` is the one `stored` was admitted from, its upload (staged
+    and replaced by a reference in the job) compared by content."""
+    if stored.input_image is None or request.image_url is None:
+        return stored.request == request
+    payload = request.image_url.partition(",")[2]
+    try:
+        sha256 = hashlib.sha256(base64.b64decode(payload, validate=True)).hexdigest()
+    except ValueError:
+        return False
+    return (sha256 == stored.input_image.sha256
+            and stored.request.model_copy(update={"image_url": None})
+            == request.model_copy(update={"image_url": None}))
+
+
 class Job(BaseModel):
     """The job document in Firestore (jobs/{id}) and the body of GET /v1/jobs/{id}."""
 
@@ -175,6 +217,9 @@ class Job(BaseModel):
     status_reason: str = ""
     attempts: list[Attempt] = Field(default_factory=list)
     output: Output | None = None
+    # The staged upload when the request sent one as a data: URI; request.image_url
+    # then holds its uri.
+    input_image: InputImage | None = None
     estimated_cost_usd: float
     cost_usd: float = 0.0
     quality_score: float | None = None

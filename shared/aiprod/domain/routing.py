@@ -13,6 +13,7 @@ from aiprod.domain.pricing import estimate_usd
 
 class RejectionReason(StrEnum):
     UNSUPPORTED = "unsupported"          # no backend can render this request at all
+    IMAGE_TOO_LARGE = "image_too_large"  # only the uploaded image's size stops every backend
     QUALITY = "quality"                  # capable backends exist, none meets min_quality
     UNHEALTHY = "unhealthy"              # every fitting backend's circuit is open
     OVER_JOB_CEILING = "over_job_ceiling"  # every fitting backend costs more than max_cost_usd
@@ -48,6 +49,7 @@ class Rejection:
     detail: str
     cheapest: Quote | None = None  # the cheapest option that would fit without that limit
     problems: Mapping[str, str] = field(default_factory=dict)  # backend -> why it was dropped
+    limit_bytes: int | None = None  # IMAGE_TOO_LARGE: the largest upload a fitting backend takes
 
 
 def capability_problem(backend: Backend, request: JobRequest) -> str | None:
@@ -64,11 +66,33 @@ def capability_problem(backend: Backend, request: JobRequest) -> str | None:
         return "renders no audio"
     if request.prompt is not None and len(request.prompt) > backend.limits.max_prompt_chars:
         return f"takes prompts of at most {backend.limits.max_prompt_chars} characters"
+    return upload_problem(backend, request)
+
+
+def upload_problem(backend: Backend, request: JobRequest) -> str | None:
+    """Why this backend cannot take the request's uploaded image, or None."""
     uploaded = data_uri_bytes(request.image_url)
     if uploaded is not None and uploaded > backend.limits.max_image_data_uri_bytes:
         return (f"takes uploaded images of at most {backend.limits.max_image_data_uri_bytes} "
                 f"bytes, not {uploaded}")
     return None
+
+
+def _too_large(request: JobRequest, catalog: Catalog,
+               problems: Mapping[str, str]) -> Rejection | None:
+    """The rejection when every backend able to render the request refuses only its
+    upload's size: it names the largest upload those backends take."""
+    sized = [b for b in catalog.backends if problems.get(b.name) == upload_problem(b, request)
+             and problems.get(b.name) is not None]
+    if not sized:
+        return None
+    widest = max(sized, key=lambda b: b.limits.max_image_data_uri_bytes)
+    return Rejection(RejectionReason.IMAGE_TOO_LARGE,
+                     f"the uploaded image is {data_uri_bytes(request.image_url)} bytes; the "
+                     f"backends that can render this request take at most "
+                     f"{widest.limits.max_image_data_uri_bytes} bytes ({widest.name}); send a "
+                     "smaller image, or an https URL", problems=problems,
+                     limit_bytes=widest.limits.max_image_data_uri_bytes)
 
 
 def data_uri_bytes(url: str | None) -> int | None:
@@ -115,6 +139,9 @@ def plan(
                              estimate_usd(backend, request.duration_seconds, request.audio),
                              backend.quality))
     if not capable:
+        too_large = _too_large(request, catalog, problems)
+        if too_large is not None:
+            return too_large
         return Rejection(RejectionReason.UNSUPPORTED,
                          "no backend can render this request: " + "; ".join(
                              f"{name} {why}" for name, why in problems.items()),

@@ -34,7 +34,9 @@ def public_job(job: Job, download_url: str | None = None) -> dict[str, Any]:
         "attempts": attempts,
         "output": output,
         "quality_score": job.quality_score,
+        # An upload is shown by its reference (request.image_url is its uri), never its bytes.
         "request": job.request.model_dump(mode="json", exclude_none=True),
+        "input_image": job.input_image.model_dump(mode="json") if job.input_image else None,
         "metadata": job.request.metadata,
         "correlation_id": job.correlation_id,
         "created_at": job.created_at.isoformat(),

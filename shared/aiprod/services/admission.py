@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from dataclasses import dataclass
 
 from aiprod import netsafety
+from aiprod.adapters import images
+from aiprod.adapters.providers.base import ProviderError
 from aiprod.domain import budget as budget_policy
 from aiprod.domain import health as health_policy
 from aiprod.domain import routing
 from aiprod.domain.events import EventType
-from aiprod.domain.job import Job, JobRequest, JobStatus
+from aiprod.domain.job import InputImage, Job, JobRequest, JobStatus, staged_key
 from aiprod.logs import log
 from aiprod.runtime import Runtime
 from aiprod.services import budget, telemetry
 from aiprod.services.publishing import dispatch, emit
 
 logger = logging.getLogger(__name__)
+
+
+class InvalidUpload(Exception):
+    """The image uploaded as a data: URI is not a base64 PNG or JPEG: the caller's to fix."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -83,10 +95,15 @@ def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
         telemetry.rejected(decision.reason.value, job_id)
         return decision
 
+    input_image = None
+    if request.image_url is not None and request.image_url.startswith("data:"):
+        input_image = stage_upload(rt, job_id, request.image_url)
+        request = request.model_copy(update={"image_url": input_image.uri})
     now = rt.clock()
     job = Job(id=job_id, owner=owner, request=request, plan=decision.backends,
               status=JobStatus.QUEUED, estimated_cost_usd=decision.estimated_cost_usd,
-              correlation_id=correlation_id, created_at=now, updated_at=now)
+              input_image=input_image, correlation_id=correlation_id, created_at=now,
+              updated_at=now)
     if not rt.store.create(job):  # a concurrent retry stored it first
         stored = rt.store.get(job_id)
         assert stored is not None
@@ -98,6 +115,19 @@ def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
     dispatch(rt, job, job.plan[0], 0)
     emit(rt, job, EventType.QUEUED)
     return Admitted(job, created=True)
+
+
+def stage_upload(rt: Runtime, job_id: str, data_uri: str) -> InputImage:
+    """Decode and check an uploaded image and stage it in the output store; the job
+    keeps only the returned reference (raises InvalidUpload for a bad image; a store
+    fault propagates, so the caller gets a 5xx or Pub/Sub redelivers)."""
+    try:
+        data, mime = images.load_image(data_uri, timeout_s=rt.settings.create_timeout_s)
+    except ProviderError as bad:
+        raise InvalidUpload(bad.code, bad.message) from bad
+    sha256 = hashlib.sha256(data).hexdigest()
+    uri = rt.outputs.stage(data, staged_key(job_id, sha256, mime), mime)
+    return InputImage(uri=uri, sha256=sha256, mime_type=mime, bytes=len(data))
 
 
 def _ensure_dispatched(rt: Runtime, job: Job) -> None:

@@ -8,6 +8,7 @@ would outlive the function republishes a continuation to its own topic.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import random
@@ -16,12 +17,27 @@ import time
 from pathlib import Path
 
 from aiprod import media
-from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
+from aiprod.adapters import images
+from aiprod.adapters.providers.base import (
+    ProviderError,
+    RenderSpec,
+    StagedImage,
+    TaskState,
+    TaskStatus,
+)
 from aiprod.catalog import Backend
 from aiprod.domain import health as health_policy
 from aiprod.domain import lifecycle, pricing, quality
 from aiprod.domain.events import EventType
-from aiprod.domain.job import AttemptError, AttemptStatus, ErrorClass, Job, JobStatus, Output
+from aiprod.domain.job import (
+    AttemptError,
+    AttemptStatus,
+    ErrorClass,
+    InputImage,
+    Job,
+    JobStatus,
+    Output,
+)
 from aiprod.domain.lifecycle import ClaimKind
 from aiprod.logs import log
 from aiprod.runtime import Runtime
@@ -32,6 +48,9 @@ from aiprod.services.publishing import dispatch, emit, emit_terminal
 logger = logging.getLogger(__name__)
 
 OUTPUT_CONTENT_TYPE = "video/mp4"
+# A provider given a signed URL to a staged upload may fetch it once the task leaves
+# its queue: valid well past that (V4 signed URLs allow up to 7 days).
+STAGED_IMAGE_URL_TTL = dt.timedelta(hours=12)
 
 
 def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None:
@@ -90,11 +109,21 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
     _poll_until_done(rt, backend, message, task_id, deadline)
 
 
-def _spec(backend: Backend, job: Job) -> RenderSpec:
+def _spec(rt: Runtime, backend: Backend, job: Job) -> RenderSpec:
     request = job.request
     return RenderSpec(job_id=job.id, model=backend.model, prompt=request.prompt,
                       image_url=request.image_url, duration_seconds=request.duration_seconds,
-                      aspect_ratio=request.aspect_ratio.value, audio=request.audio)
+                      aspect_ratio=request.aspect_ratio.value, audio=request.audio,
+                      image=_staged(rt, job.input_image) if job.input_image else None)
+
+
+def _staged(rt: Runtime, image: InputImage) -> StagedImage:
+    """The staged upload, read or signed only if the provider's client needs it."""
+    return StagedImage(
+        uri=image.uri, sha256=image.sha256, mime_type=image.mime_type, size=image.bytes,
+        read=lambda: images.read_staged(lambda: rt.outputs.read(image.uri), image.uri,
+                                        image.sha256),
+        signed_url=lambda: rt.outputs.download_url(image.uri, STAGED_IMAGE_URL_TTL))
 
 
 def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
@@ -133,7 +162,7 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
             _fail(rt, job.id, index, last_failure or ticket, skipped=last_failure is None)
             return None
         try:
-            task_id = provider.create(_spec(backend, job))
+            task_id = provider.create(_spec(rt, backend, job))
         except ProviderError as error:
             failure = AttemptError(error_class=error.error_class, code=error.code,
                                    message=error.message)
@@ -246,7 +275,7 @@ def _resolve_unknown(rt: Runtime, backend: Backend, message: RenderMessage,
         age = (rt.clock() - attempt.started_at).total_seconds()
         if provider.can_find_tasks:
             try:
-                found = provider.find_task(_spec(backend, job), attempt.started_at)
+                found = provider.find_task(_spec(rt, backend, job), attempt.started_at)
             except ProviderError:
                 found = None  # could not look: try again shortly
             else:

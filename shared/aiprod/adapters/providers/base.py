@@ -7,6 +7,7 @@ policy: whether to retry, fall back or strike is the render service's call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -14,6 +15,20 @@ from pathlib import Path
 from typing import Protocol
 
 from aiprod.domain.job import ErrorClass
+
+
+@dataclass(frozen=True)
+class StagedImage:
+    """An image uploaded to AIPROD, staged in its output store at admission: each
+    client hands it over in the form its provider takes (bytes, data URI, a signed
+    URL or the gs:// URI itself)."""
+
+    uri: str  # gs://… in production, file://… on the local stack
+    sha256: str
+    mime_type: str
+    size: int
+    read: Callable[[], bytes]  # the bytes, checked against sha256
+    signed_url: Callable[[], str]  # https (signed) in production; the local folder gives file://
 
 
 @dataclass(frozen=True)
@@ -27,6 +42,7 @@ class RenderSpec:
     duration_seconds: int
     aspect_ratio: str  # "16:9" | "9:16" | "1:1"
     audio: bool
+    image: StagedImage | None = None  # an upload (then image_url is its uri)
 
 
 class TaskState(StrEnum):

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 # Clocks differ: look a little before the attempt started.
 LOOKUP_SLACK = timedelta(seconds=60)
+# "Use a data URL only for files <=256 KB"; larger files go by URL
+# (https://replicate.com/docs/topics/predictions/create-a-prediction, providers.md 2.1).
+MAX_DATA_URI_BYTES = 256 * 1024
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -112,7 +115,10 @@ class ReplicateProvider:
                                   "generate_audio": spec.audio}
         if spec.prompt:
             inputs["prompt"] = spec.prompt
-        if spec.image_url:
+        if spec.image is not None:
+            inputs["image"] = images.staged_for_provider(
+                spec.image, provider="Replicate", inline=spec.image.size <= MAX_DATA_URI_BYTES)
+        elif spec.image_url:
             if not spec.image_url.startswith(("https://", "http://", "data:", "gs://")):
                 raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_image_url",
                                     "Replicate takes the image as an http(s) URL or a data URI")

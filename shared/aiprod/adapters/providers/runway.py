@@ -38,6 +38,10 @@ from aiprod.domain.job import ErrorClass
 logger = logging.getLogger(__name__)
 
 USD_PER_CREDIT = 0.01
+# "A data URI must be under 5 MB (1024x1024x5 bytes) after base64 encoding"; by https
+# URL Runway takes images up to 16 MB (https://docs.dev.runwayml.com/assets/inputs/,
+# shared/reference/providers.md 1.2).
+MAX_DATA_URI_CHARS = 5 * 1024 * 1024
 POLL_RETRIES = 2
 # Runway names output sizes, not shapes; these are gen4.5's (and most models') sizes.
 RATIOS = {"16:9": "1280:720", "9:16": "720:1280", "1:1": "960:960"}
@@ -101,7 +105,12 @@ class RunwayProvider(NoTaskSearch):
             params["audio"] = True
         client = self._sdk()
         try:
-            if spec.image_url:
+            if spec.image is not None:
+                image = images.staged_for_provider(
+                    spec.image, provider="Runway",
+                    inline=images.data_uri_chars(spec.image.size) <= MAX_DATA_URI_CHARS)
+                created = client.image_to_video.create(prompt_image=image, **params)
+            elif spec.image_url:
                 if not spec.image_url.startswith(("https://", "data:image/", "gs://")):
                     raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_image_url",
                                         "Runway takes the image as an https URL or a data URI")

@@ -38,6 +38,7 @@ from aiprod.adapters.providers.base import (
     NoTaskSearch,
     ProviderError,
     RenderSpec,
+    StagedImage,
     TaskState,
     TaskStatus,
 )
@@ -155,10 +156,21 @@ class VeoProvider(NoTaskSearch):
             allow_hosts=netsafety.parse_allow_hosts(self._settings.image_allow_hosts))
         return types.Image(image_bytes=data, mime_type=mime)
 
+    def _staged(self, image: StagedImage) -> types.Image:
+        """Veo reads a gs:// input itself (instances[].image.gcsUri, as the project's
+        Vertex AI service agent); from any other store it gets the bytes
+        (bytesBase64Encoded). Up to 20 MB either way (providers.md 3.1, 3.2)."""
+        if image.uri.startswith("gs://"):
+            return types.Image(gcs_uri=image.uri, mime_type=image.mime_type)
+        return types.Image(image_bytes=image.read(), mime_type=image.mime_type)
+
     def create(self, spec: RenderSpec) -> str:
-        source = types.GenerateVideosSource(
-            prompt=spec.prompt or None,
-            image=self._image(spec.image_url) if spec.image_url else None)
+        image = None
+        if spec.image is not None:
+            image = self._staged(spec.image)
+        elif spec.image_url:
+            image = self._image(spec.image_url)
+        source = types.GenerateVideosSource(prompt=spec.prompt or None, image=image)
         config = types.GenerateVideosConfig(
             number_of_videos=1, duration_seconds=spec.duration_seconds,
             aspect_ratio=spec.aspect_ratio, generate_audio=spec.audio)
