@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aiprod.localstack import control
 from aiprod.localstack.stack import LOCAL_CREDENTIALS
 from tests.conftest import LocalStack
 
@@ -34,7 +35,10 @@ BACKENDS = {"runway": "runway-gen45", "veo": "veo-31-fast", "replicate": "replic
 
 def process_env(stack: LocalStack, function: str) -> dict[str, str]:
     """The environment the function's process actually runs with."""
-    raw = Path(f"/proc/{stack.part(function)['pid']}/environ").read_bytes()
+    state = control.status(Path(stack.state["state_dir"]))  # pids now (after restarts)
+    assert state is not None
+    pid = next(p["pid"] for p in state["parts"] if p["name"] == function)
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
 
