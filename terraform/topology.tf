@@ -149,13 +149,16 @@ locals {
   # Least privilege: what each function may do; iam.tf grants exactly this.
   render_topics = [for f in values(local.render_functions) : f.topic]
   publishes = {
-    # admission dispatches to the first backend of the plan and emits job events
+    # admission dispatches to the first backend of the plan and emits job events;
+    # a cancel asks the job's backend (its render function holds the provider's
+    # credentials, the API does not) to stop the task, on that backend's topic
     api    = concat(local.render_topics, [local.events_topic])
     intake = concat(local.render_topics, [local.events_topic])
     # fallback to the next backend, continuation to its own topic, job events
     render = concat(local.render_topics, [local.events_topic])
-    # marks jobs FAILED and says so on job-events
-    dead_letter = [local.events_topic]
+    # marks jobs FAILED and says so on job-events; a running task is stopped by its
+    # backend's render function, asked on that backend's topic
+    dead_letter = concat(local.render_topics, [local.events_topic])
     # only calls receivers' URLs
     notifier = []
   }

@@ -28,6 +28,7 @@ from aiprod.openapi import JOB_REQUEST_SCHEMA_ID
 from aiprod.problems import invalid_request
 from aiprod.runtime import get_runtime
 from aiprod.services import admission, telemetry, webhooks
+from aiprod.services.cancel import stop_task
 from aiprod.services.deadletter import handle_dead_letter
 from aiprod.services.messages import RenderMessage
 from aiprod.services.render import handle_render
@@ -81,6 +82,9 @@ def render(event: CloudEvent) -> None:
     if rt.settings.backend and render_message.backend != rt.settings.backend:
         log(logger, logging.ERROR, "render message for another backend dropped",
             job_id=render_message.job_id, backend=render_message.backend)
+        return
+    if render_message.action == "cancel":
+        stop_task(rt, render_message)
         return
     handle_render(rt, render_message, delivery_id=message.id)
 

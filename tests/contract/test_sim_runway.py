@@ -234,6 +234,26 @@ def test_client_slow_task_runs_until_cancelled(sim: str) -> None:
     assert provider.poll(task_id).state is TaskState.CANCELLED
 
 
+def test_a_cancelled_task_reports_what_it_cost_refunded_only_before_it_ran(sim: str) -> None:
+    """Runway's rule (runwayml SDK `tasks.delete`, from Runway's API reference): "If that
+    check observes RUNNING, cancellation does not refund credits"; every terminal task
+    reports its final `cost` (0 when refunded). The client passes it on in USD."""
+    control.set_fault(sim, "ok", latency_s=4.0)  # queued for the first 0.4 s
+    provider = _provider(sim)
+    queued = provider.create(_spec(duration_seconds=5))
+    provider.cancel(queued)
+    refunded = provider.poll(queued)
+    assert (refunded.state, refunded.cost_usd) == (TaskState.CANCELLED, 0.0)
+
+    running = provider.create(_spec(duration_seconds=5))
+    time.sleep(0.6)
+    assert provider.poll(running).state is TaskState.RUNNING
+    provider.cancel(running)
+    charged = provider.poll(running)
+    assert charged.state is TaskState.CANCELLED
+    assert charged.cost_usd == pytest.approx(5 * 12 * 0.01)  # gen4.5: 12 credits/s, no refund
+
+
 def test_client_unknown_task_is_a_backend_error(sim: str) -> None:
     with pytest.raises(ProviderError) as caught:
         _provider(sim).poll("00000000-0000-0000-0000-000000000000")

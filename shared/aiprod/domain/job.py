@@ -167,6 +167,11 @@ class Attempt(BaseModel):
     error: AttemptError | None = None
     estimated_cost_usd: float
     cost_usd: float = 0.0
+    # Ended from outside (cancel, dead letter) while its provider task ran: what the task
+    # cost is not known yet, so cost_usd holds the estimate and the hold stays reserved
+    # until the backend's render deployment (the only one with its credentials) has
+    # stopped the task and read its charge (services/cancel.py stop_task).
+    cost_pending: bool = False
     reservation_day: str | None = None  # the ledger day holding this attempt's reservation
     # Unique per claim: a claim handed back and made again never reuses a closed hold.
     reservation_id: str = ""

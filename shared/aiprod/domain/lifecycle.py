@@ -207,11 +207,13 @@ class Cancellation:
 def _end_open_attempt(attempt: Attempt, status: AttemptStatus, now: dt.datetime,
                       error: AttemptError | None = None) -> None:
     """End an attempt from outside its render. A provider task that may exist may
-    have been billed (a cancelled render is billed up to the cancel by some
-    providers): count its estimate, budget safety first."""
+    have been billed: count its estimate, budget safety first. Where the task is
+    known, its charge is settled later from what the provider reports
+    (`settle_stopped_task`); until then the estimate stays held."""
     if attempt.provider_task_id or attempt.status in (AttemptStatus.UNKNOWN,
                                                       AttemptStatus.CREATING):
         attempt.cost_usd = attempt.estimated_cost_usd
+    attempt.cost_pending = bool(attempt.provider_task_id)
     attempt.status = status
     attempt.ended_at = now
     if error is not None:
@@ -249,5 +251,38 @@ def fail_job(job: Job, reason: str, now: dt.datetime) -> bool:
     _total_cost(job)
     job.status = JobStatus.FAILED
     job.status_reason = reason
+    job.updated_at = now
+    return True
+
+
+def stopped_task_charge(final_state: str | None, reported_usd: float | None,
+                        estimate_usd: float) -> float:
+    """What a provider task stopped from outside cost (docs/budget-ledger.md, "Cancelled
+    renders").
+
+    The provider's own figure wins where it reports one: Runway reports every
+    terminal task's final `cost` (0 when refunded; a cancel seen while RUNNING is
+    not refunded), and Replicate documents `aborted` predictions as free. A task
+    that ended FAILED costs nothing, as everywhere in AIPROD. Anything else (a task
+    still running after the cancel, Replicate's `canceled`, which is billed by an
+    amount it does not report for per-output models, a Veo operation, which reports
+    no charge) is unknowable: the full estimate.
+    """
+    if reported_usd is not None:
+        return max(0.0, reported_usd)
+    if final_state == "FAILED":
+        return 0.0
+    return estimate_usd
+
+
+def settle_stopped_task(job: Job, index: int, charge_usd: float, now: dt.datetime) -> bool:
+    """Record what a task stopped from outside cost; False if it was settled already
+    (the cancel message and the in-flight render may both get there)."""
+    attempt = job.attempts[index]
+    if not attempt.cost_pending or not attempt.status.terminal:
+        return False
+    attempt.cost_usd = round(charge_usd, 6)
+    attempt.cost_pending = False
+    _total_cost(job)
     job.updated_at = now
     return True

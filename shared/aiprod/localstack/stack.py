@@ -19,7 +19,7 @@ from typing import Any
 from aiprod.catalog import REPO_ROOT, Catalog, load_catalog
 from aiprod.config import Settings
 from aiprod.localstack.processes import ManagedProcess, free_port
-from aiprod.topology import MAX_DELIVERY_ATTEMPTS, topology
+from aiprod.topology import MAX_DELIVERY_ATTEMPTS, Function, topology
 
 PROJECT = "aiprod-local"
 FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
@@ -36,12 +36,33 @@ LOCAL_CREDENTIALS = {
     "AIPROD_REPLICATE_API_TOKEN": "r8_local_simulator",
     "AIPROD_VEO_ACCESS_TOKEN": "local-simulator",
 }
+# The credentials each provider's render deployment holds, as Terraform grants them
+# (terraform/topology.tf: provider_secrets, and Vertex AI access for Veo's); no other
+# function gets any. tests/infra pins this against Terraform's own locals.
+PROVIDER_CREDENTIALS = {
+    "runway": ("AIPROD_RUNWAY_API_KEY",),
+    "replicate": ("AIPROD_REPLICATE_API_TOKEN",),
+    "veo": ("AIPROD_VEO_ACCESS_TOKEN",),
+}
+WEBHOOK_CREDENTIALS = ("AIPROD_WEBHOOK_SIGNING_KEY",)  # the notifier's, only
 GCLOUD_HELP = (
     "The local stack needs the Google Cloud CLI with its Pub/Sub and Firestore emulators "
     "and Java 17+. Install the gcloud components `pubsub-emulator` and "
     "`cloud-firestore-emulator` (`gcloud components install pubsub-emulator "
     "cloud-firestore-emulator`, or the Debian packages google-cloud-cli-pubsub-emulator "
     "and google-cloud-cli-firestore-emulator).")
+
+
+def credentials_for(function: Function, catalog: Catalog) -> tuple[str, ...]:
+    """The secret variables a function's deployment gets: a render function its own
+    provider's, the notifier the webhook signing key, every other function none (so the
+    API and the dead-letter handler cannot reach a provider, as in production)."""
+    backend = dict(function.env).get("BACKEND")
+    if function.target == "render" and backend:
+        return PROVIDER_CREDENTIALS[catalog.get(backend).provider]
+    if function.target == "notifier":
+        return WEBHOOK_CREDENTIALS
+    return ()
 
 
 class MissingTooling(RuntimeError):
@@ -137,8 +158,10 @@ class Stack:
         self.webhook_signing_key = (passed.get("AIPROD_WEBHOOK_SIGNING_KEY")
                                     or "whsec_" + base64.b64encode(secrets.token_bytes(32))
                                     .decode())
-        self.function_env = tunables | passed | self.env | LOCAL_CREDENTIALS | {
-            "AIPROD_WEBHOOK_SIGNING_KEY": self.webhook_signing_key,
+        credentials = LOCAL_CREDENTIALS | {
+            "AIPROD_WEBHOOK_SIGNING_KEY": self.webhook_signing_key}
+        without_secrets = {k: v for k, v in passed.items() if k not in credentials}
+        self.function_env = tunables | without_secrets | self.env | {
             "AIPROD_RUNWAY_BASE_URL": self.simulators["runway"].url,
             "AIPROD_REPLICATE_BASE_URL": self.simulators["replicate"].url,
             "AIPROD_VEO_BASE_URL": self.simulators["veo"].url,
@@ -161,7 +184,11 @@ class Stack:
                 else f"http://127.0.0.1:{port}/",
                 answers_any_status=function.target != "api",
                 log_path=self.logs / f"{function.name}.log",
-                env=self.function_env | dict(function.env))
+                # Credentials not granted are blanked, even if the shell running the
+                # stack has them set (processes inherit its environment).
+                env=self.function_env | dict(function.env) | dict.fromkeys(credentials, "") | {
+                    name: credentials[name]
+                    for name in credentials_for(function, self.catalog)})
         self._stopping = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------

@@ -68,9 +68,10 @@ def reserve(rt: Runtime, job: Job, index: int, amount_usd: float) -> str | None:
 
 
 def close(rt: Runtime, job: Job, index: int) -> None:
-    """Settle a succeeded attempt's cost or release any other attempt's hold. Idempotent."""
+    """Settle a succeeded attempt's cost or release any other attempt's hold. Idempotent.
+    An attempt whose stopped task's charge is not known yet keeps its hold until it is."""
     attempt: Attempt = job.attempts[index]
-    if attempt.reservation_day is None or not attempt.status.terminal:
+    if attempt.reservation_day is None or not attempt.status.terminal or attempt.cost_pending:
         return
     rid = reservation_id(job, index)
     if attempt.status is AttemptStatus.SUCCEEDED or attempt.cost_usd > 0:

@@ -11,8 +11,9 @@ from aiprod.domain import lifecycle
 from aiprod.logs import log
 from aiprod.runtime import Runtime
 from aiprod.services import budget, telemetry
+from aiprod.services.cancel import settle_unstoppable
 from aiprod.services.messages import RenderMessage
-from aiprod.services.publishing import emit_terminal
+from aiprod.services.publishing import emit_terminal, request_stop
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
             delivery_count=attempts, job_id=job_id,
             correlation_id=attributes.get("correlation_id"))
         return
+    if message.action == "cancel":
+        settle_unstoppable(rt, message)
+        return
     reason = f"dead-lettered from {source} after {attempts} deliveries"
     current = rt.store.get(message.job_id)
     if current is not None and message.attempt < len(current.attempts) - 1:
@@ -48,10 +52,9 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
         return
     job, changed = done
     log(logger, logging.ERROR, reason, job_id=job.id, changed=changed)
-    for index, attempt in enumerate(job.attempts):
-        if attempt.provider_task_id and attempt.error and attempt.error.code == "dead_lettered":
-            rt.provider(attempt.backend).cancel(attempt.provider_task_id)
+    for index in range(len(job.attempts)):
         budget.close(rt, job, index)  # release, or settle what the provider may have billed
+    request_stop(rt, job)  # a running task is stopped (and its charge settled) by its backend
     if changed:
         telemetry.ended(job)
         emit_terminal(rt, job)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict
 
 
 class RenderMessage(BaseModel):
-    """On render-<backend>: render attempt `attempt` of job `job_id` on `backend`."""
+    """On render-<backend>: render attempt `attempt` of job `job_id` on `backend`, or
+    (`action: cancel`) stop that attempt's provider task and settle what it cost. Only
+    the backend's render deployment holds the provider's credentials, so a cancel
+    decided elsewhere (the API, the dead-letter handler) is carried out there."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: str
     backend: str
     attempt: int
+    action: Literal["render", "cancel"] = "render"
+
+    def body(self) -> dict[str, Any]:
+        """The published JSON: a render message stays exactly what it always was, so
+        instances still running older code read it during a rollout."""
+        return self.model_dump(exclude_defaults=True)

@@ -18,9 +18,23 @@ def dispatch(rt: Runtime, job: Job, backend: str, attempt: int) -> None:
     """Send the job to a backend's render function."""
     message = RenderMessage(job_id=job.id, backend=backend, attempt=attempt)
     topic = rt.catalog.get(backend).topic
-    rt.bus.publish(topic, message.model_dump(), {"job_id": job.id})
+    rt.bus.publish(topic, message.body(), {"job_id": job.id})
     log(logger, logging.INFO, f"job dispatched to {backend}", job_id=job.id,
         backend=backend, attempt=attempt)
+
+
+def request_stop(rt: Runtime, job: Job) -> None:
+    """Ask each backend whose task an outside ending left unsettled to stop it and
+    settle its charge (idempotent there, so asking twice is harmless)."""
+    for index, attempt in enumerate(job.attempts):
+        if attempt.cost_pending:
+            message = RenderMessage(job_id=job.id, backend=attempt.backend, attempt=index,
+                                    action="cancel")
+            rt.bus.publish(rt.catalog.get(attempt.backend).topic, message.body(),
+                           {"job_id": job.id, "action": "cancel"})
+            log(logger, logging.INFO, f"cancel sent to {attempt.backend}", job_id=job.id,
+                backend=attempt.backend, attempt=index,
+                provider_task_id=attempt.provider_task_id)
 
 
 def emit(rt: Runtime, job: Job, event_type: EventType, attempt: int | None = None) -> None:

@@ -42,6 +42,7 @@ from aiprod.domain.lifecycle import ClaimKind
 from aiprod.logs import log
 from aiprod.runtime import Runtime
 from aiprod.services import budget, gate, telemetry
+from aiprod.services.cancel import stop_task
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import dispatch, emit, emit_terminal
 
@@ -313,7 +314,7 @@ def _hand_off(rt: Runtime, backend: Backend, message: RenderMessage) -> None:
     """Before the platform's timeout: a continuation picks the attempt up."""
     rt.store.mutate(message.job_id, lambda j: lifecycle.release_lease(
         j, message.attempt, rt.clock()))
-    rt.bus.publish(backend.topic, message.model_dump(), {"job_id": message.job_id,
+    rt.bus.publish(backend.topic, message.body(), {"job_id": message.job_id,
                                                          "continuation": "true"})
     log(logger, logging.INFO, "render continues in a new invocation",
         job_id=message.job_id, backend=backend.name)
@@ -321,15 +322,17 @@ def _hand_off(rt: Runtime, backend: Backend, message: RenderMessage) -> None:
 
 def _ended_elsewhere(rt: Runtime, message: RenderMessage, backend: Backend | None = None,
                      task_id: str | None = None) -> bool:
-    """The job was cancelled (or otherwise ended) while we rendered: stop, record nothing
-    (but make sure the attempt's hold is closed, whoever ended it). With a task, also
-    end a render that outlived the provider's own task timeout, so no job polls forever."""
+    """The job was cancelled (or otherwise ended) while we rendered: stop the provider
+    task (this deployment holds its credentials; the function that ended the job does
+    not), settle what it cost and close the attempt's hold, record nothing else. With a
+    task, also end a render that outlived the provider's own task timeout, so no job
+    polls forever."""
     job = rt.store.get(message.job_id)
     if job is None or job.status.terminal or job.attempts[message.attempt].status.terminal:
         log(logger, logging.INFO, "render stopped: the job ended elsewhere",
             job_id=message.job_id, attempt=message.attempt)
         if job is not None:
-            budget.close(rt, job, message.attempt)
+            stop_task(rt, message)
         return True
     attempt = job.attempts[message.attempt]
     if backend is not None and task_id is not None and (

@@ -127,6 +127,12 @@ class SimTask:
             return "pending", 0.0
         return "running", self._progress(now)
 
+    @property
+    def cancelled_before_running(self) -> bool:
+        """Whether a cancel reached the task while it was still queued."""
+        return self.cancelled_at is not None and (
+            self.cancelled_at - self.started < self.render_s * _PENDING_SHARE)
+
     def _progress(self, at: float) -> float:
         return round(min(1.0, (at - self.started) / self.render_s), 3) if self.render_s else 1.0
 

@@ -197,7 +197,8 @@ class ReplicateSim(ProviderSim):
             "status": "starting" if just_created else self.status_name(task, now),
             "data_removed": False, "source": "api",
             "created_at": iso(task.created_at),
-            "started_at": iso(task.wall_time(started)) if phase != "pending" else None,
+            "started_at": iso(task.wall_time(started))
+            if phase != "pending" and not task.cancelled_before_running else None,
             "completed_at": iso(task.wall_time(ended)) if terminal and ended else None,
             "urls": {
                 "get": str(request.url_for("prediction", prediction_id=task.id)),
@@ -214,6 +215,11 @@ class ReplicateSim(ProviderSim):
             body["error"] = MODERATION_ERROR
         elif phase == "fail":
             body["error"] = FAILURE_ERROR
+        elif phase == "cancelled" and not task.cancelled_before_running and ended:
+            # A prediction canceled while it ran is billed (it is `canceled`, not
+            # `aborted`); the API reports its run time, never an amount.
+            body["metrics"] = {"predict_time": round(ended - started, 6),
+                               "total_time": round(ended - task.started, 6)}
         if terminal and "metrics" not in body:
             body["metrics"] = {"total_time": round((ended or now) - task.started, 6)}
         return body

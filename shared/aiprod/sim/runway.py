@@ -216,7 +216,10 @@ class RunwaySim(ProviderSim):
             body["failure"] = "An unexpected error occurred while generating the output."
             body["failureCode"] = "INTERNAL.BAD_OUTPUT.CODE01"
         elif phase == "cancelled":
-            body["cost"] = {"credits": 0}
+            # Runway's rule (runwayml SDK, tasks.delete): a cancel the server sees while
+            # the task is RUNNING refunds nothing; one seen before (PENDING, THROTTLED)
+            # is refunded, and the task reports its final cost.
+            body["cost"] = {"credits": 0 if task.cancelled_before_running else credits}
         return body
 
     def _lookup(self, request: Request) -> SimTask | Response:

@@ -154,7 +154,12 @@ class ReplicateProvider:
             code = match.group(1) if (match := _ERROR_CODE.search(error)) else "failed"
             return TaskStatus(TaskState.FAILED,
                               error=ProviderError(failure_class(error), code, clip(error)))
-        if status in ("canceled", "aborted"):
+        if status == "aborted":
+            # "For public models, you're only charged for predictions with a canceled
+            # status, not for aborted ones" (replicate.com/changelog/2025-10-16-prediction-
+            # deadlines). `canceled` is billed, by an amount the API does not report.
+            return TaskStatus(TaskState.CANCELLED, cost_usd=0.0)
+        if status == "canceled":
             return TaskStatus(TaskState.CANCELLED)
         progress = prediction.progress
         return TaskStatus(TaskState.RUNNING,

@@ -76,6 +76,12 @@ def _api_error(exc: runwayml.RunwayMLError, *, create: bool) -> ProviderError:
                          "unreadable_response", clip(exc))
 
 
+def _charged(task: Failed | Cancelled) -> float | None:
+    """A terminal task's final cost in USD, as Runway reports it."""
+    cost = getattr(task, "cost", None)
+    return cost.credits * USD_PER_CREDIT if cost is not None else None
+
+
 class RunwayProvider(NoTaskSearch):
     """VideoProvider for Runway (text_to_video, image_to_video, tasks)."""
 
@@ -137,15 +143,23 @@ class RunwayProvider(NoTaskSearch):
         if isinstance(task, Failed):
             code = task.failure_code or "FAILED"
             return TaskStatus(TaskState.FAILED, error=ProviderError(
-                failure_class(task.failure_code), code, clip(task.failure)))
+                failure_class(task.failure_code), code, clip(task.failure)),
+                cost_usd=_charged(task))
         if isinstance(task, Cancelled):
-            return TaskStatus(TaskState.CANCELLED)
+            # Every terminal task reports its final `cost` (0 when refunded: a cancel the
+            # server saw before RUNNING; one seen RUNNING is not refunded; see cancel()).
+            return TaskStatus(TaskState.CANCELLED, cost_usd=_charged(task))
         if isinstance(task, Running):
             return TaskStatus(TaskState.RUNNING, progress=task.progress)
         return TaskStatus(TaskState.RUNNING, progress=0.0)  # PENDING, THROTTLED
 
     def cancel(self, task_id: str) -> None:
-        """DELETE the task: cancels it if it runs (best effort; failures are logged)."""
+        """DELETE the task: cancels it if it runs (best effort; failures are logged).
+
+        Per the SDK's `tasks.delete` (generated from Runway's API reference): "Refund
+        eligibility is based on the task status observed by the server during
+        cancellation. If that check observes RUNNING, cancellation does not refund
+        credits"; deleting a finished task deletes it (and refunds nothing)."""
         try:
             self._sdk(POLL_RETRIES).tasks.delete(task_id)
         except runwayml.RunwayMLError as exc:
