@@ -26,6 +26,7 @@ import psutil
 from aiprod.localstack import control
 from aiprod.localstack.processes import ManagedProcess, free_port
 from metrics_overhead import measure as metrics_overhead
+from rate_limits import measure as rate_limits
 
 HERE = Path(__file__).resolve().parent
 SEQUENTIAL_JOBS = int(os.environ.get("BENCH_JOBS", "40"))
@@ -238,6 +239,9 @@ def main() -> None:
         say("ledger: 500 reservations from 50 callers at once ...")
         ledger = ledger_bench(db)
 
+        say("rate limits: a minute of requests for one key, one counter vs shards ...")
+        rate_limit_counters = rate_limits(db)
+
         say("metric emission: the heaviest invocation's points, against its log lines ...")
         metric_emission = metrics_overhead()
 
@@ -260,6 +264,7 @@ def main() -> None:
                                                 / floor_burst["jobs_per_s"], 2)},
             "function_rss_mib": memory,
             "ledger": ledger,
+            "rate_limits": rate_limit_counters,
             "metric_emission": metric_emission,
             "targets": {"overhead_p50_ratio_max": 1.5, "overhead_p95_ratio_max": 2.0,
                         "burst_throughput_ratio_min": 0.5, "rss_mib_max": 200,

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 
+from aiprod.adapters.storage import SigningUnavailable
 from aiprod.domain import budget as budget_policy
 from aiprod.domain import routing
 from aiprod.domain.apikeys import Principal
@@ -209,7 +210,11 @@ def get_job(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
     job = _own_job(rt, request, args["job_id"])
     download_url = None
     if job.output is not None:
-        download_url = rt.outputs.download_url(job.output.uri, DOWNLOAD_URL_TTL)
+        try:
+            download_url = rt.outputs.download_url(job.output.uri, DOWNLOAD_URL_TTL)
+        except SigningUnavailable as error:  # the output's uri still answers the caller
+            logger.warning("no download URL for the output: %s", error,
+                           extra={"fields": {"job_id": job.id, "output_uri": job.output.uri}})
     return _json(public_job(job, download_url))
 
 

@@ -58,7 +58,8 @@ class AttemptView(_View):
 class OutputView(_View):
     uri: str = Field(description="where AIPROD keeps the video (gs:// or file://)")
     download_url: str | None = Field(description="a signed URL, valid for an hour; "
-                                                 "GET /v1/jobs/{job_id} makes a fresh one")
+                                                 "GET /v1/jobs/{job_id} makes a fresh one; "
+                                                 "null when none could be signed (use uri)")
     mime_type: str
     duration_seconds: float
     width: int

@@ -7,10 +7,13 @@ import random
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
 
-from aiprod.adapters.ledger import GLOBAL, FirestoreLedger, Scope
+from aiprod.adapters.ledger import COUNTERS, DAYS, GLOBAL, FirestoreLedger, Scope
 from aiprod.domain.budget import to_micros
 from tests.conftest import LocalStack
 
@@ -111,3 +114,85 @@ def test_a_reservation_must_fit_every_scope(stack: LocalStack) -> None:
     assert ledger.reserve(day, "c", 2 * USD, [day_scope])
     assert ledger.figures(day, day_scope, 0).committed_micros == 4 * USD
     assert ledger.figures(day, key_scope, 0).committed_micros == 2 * USD
+
+
+def lose_every_first_commit_answer(client: firestore.Client) -> list[int]:
+    """Make every Commit land on the emulator but lose its answer, as a dropped
+    connection does: the client's own retry policy for Commit (UNAVAILABLE is
+    retryable, see docs/budget-ledger.md) then sends the same request again.
+    Returns a list that grows by one per replayed commit."""
+    transport = client._firestore_api._transport
+    wrapped = transport._wrapped_methods[transport.commit]
+    real = wrapped._target
+    replays: list[int] = []
+
+    def commit(request: Any, **kwargs: Any) -> Any:
+        if id(request) not in seen:
+            seen.add(id(request))
+            real(request, **kwargs)  # applied on the server...
+            raise gexc.ServiceUnavailable("connection reset")  # ...but the answer is lost
+        replays.append(1)
+        return real(request, **kwargs)
+
+    seen: set[int] = set()
+    wrapped._target = commit
+    return replays
+
+
+def counters(client: firestore.Client, day: str, scope: str = GLOBAL) -> dict[str, int]:
+    ref = client.collection(DAYS).document(day)
+    if scope != GLOBAL:
+        ref = ref.collection("keys").document(scope.removeprefix("key:"))
+    data = ref.get().to_dict() or {}
+    return {name: int(data.get(name, 0)) for name in COUNTERS}
+
+
+def test_a_replayed_commit_counts_once(stack: LocalStack) -> None:
+    """Every ledger batch is applied twice (the first answer lost, the client's retry
+    resends it): each hold, grant, refund, settlement and release counts once, and
+    the callers get the answers they would have got without the replay."""
+    client = stack.firestore()
+    replays = lose_every_first_commit_answer(client)
+    ledger, day = FirestoreLedger(client), fresh_day()
+    day_scope, key_scope = Scope(GLOBAL, 10 * USD), Scope("key:k1", 5 * USD)
+
+    assert ledger.reserve(day, "a", 2 * USD, [key_scope, day_scope])
+    assert ledger.reserve(day, "b", USD, [day_scope])
+    assert not ledger.reserve(day, "too-big", 4 * USD, [key_scope, day_scope])
+    assert ledger.settle(day, "a", USD)
+    assert ledger.release(day, "b")
+    assert ledger.first_crossing(day, "warning")
+    assert not ledger.first_crossing(day, "warning")
+
+    assert len(replays) >= 8  # the replays really happened
+    assert counters(client, day) == {"held": 7 * USD, "refunded": 4 * USD,
+                                     "granted": 3 * USD, "returned": 2 * USD, "spent": USD}
+    assert counters(client, day, "key:k1") == {"held": 6 * USD, "refunded": 4 * USD,
+                                               "granted": 2 * USD, "returned": USD,
+                                               "spent": USD}
+    figures = ledger.figures(day, day_scope, 9 * USD)
+    assert (figures.spent_micros, figures.reserved_micros) == (USD, 0)
+
+
+def test_a_hold_closed_elsewhere_before_its_grant_does_not_go_ahead(
+        stack: LocalStack) -> None:
+    """The grant is guarded too: once the dead-letter handler (say) released a hold
+    that never went ahead, its holder must not mark it granted and spend."""
+    client = stack.firestore()
+    ledger, day = FirestoreLedger(client), fresh_day()
+    scope = Scope(GLOBAL, 10 * USD)
+    real_write = ledger._write
+    closed = False
+
+    def close_first(reservation: Any, version: Any, change: dict[str, Any], *args: Any,
+                    **increments: int) -> Any:
+        nonlocal closed
+        if "granted" in increments and not closed:
+            closed = True
+            assert ledger.release(day, "r")
+        return real_write(reservation, version, change, *args, **increments)
+
+    ledger._write = close_first  # type: ignore[method-assign]
+    assert not ledger.reserve(day, "r", 2 * USD, [scope])
+    assert counters(client, day) == {"held": 2 * USD, "refunded": 2 * USD, "granted": 0,
+                                     "returned": 0, "spent": 0}

@@ -2,10 +2,12 @@
 counters, and Idempotency-Key records. Reads and writes; decides nothing.
 
 - `api_keys/{id}`: the key's hash, name, limits, revocation (domain.apikeys).
-- `rate_limits/{id}-{YYYYMMDDHHMM}`: one fixed-window counter per key and
-  minute, bumped with a server-side increment whose result comes back in the
-  same write, so concurrent requests never lose a count and need no
-  transaction. `expires_at` lets the TTL policy delete old windows.
+- `rate_limits/{id}-{YYYYMMDDHHMM}-s{shard}`: fixed-window counters per key,
+  minute and shard (domain.ratelimit spreads a key's minute over shards so no
+  document takes more than about one write a second), each bumped with a
+  server-side increment whose result comes back in the same write, so concurrent
+  requests never lose a count and need no transaction. `expires_at` lets the TTL
+  policy delete old windows.
 - `idempotency_keys/{sha256(owner, key)}`: the first request's fingerprint and
   job id; created once (create fails for every later writer), replaced only
   once expired. `expires_at` (24 h) is the field the TTL policy deletes on
@@ -19,9 +21,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from google.api_core import exceptions as gexc
+from google.api_core import retry
 from google.cloud import firestore
 
 from aiprod.domain.apikeys import ApiKey
+
+# The client's default retry for Commit (UNAVAILABLE, RESOURCE_EXHAUSTED), plus
+# ABORTED: a commit aborted by contention on the counter was not applied, so trying
+# again cannot count twice (the Node client retries commits on ABORTED too:
+# https://github.com/googleapis/nodejs-firestore/pull/1242).
+COUNTER_RETRY = retry.Retry(
+    predicate=retry.if_exception_type(gexc.Aborted, gexc.ServiceUnavailable,
+                                      gexc.ResourceExhausted),
+    initial=0.05, maximum=1.0, multiplier=2.0, timeout=10.0)
 
 API_KEYS = "api_keys"
 RATE_LIMITS = "rate_limits"
@@ -46,8 +58,10 @@ class AccessStore(Protocol):
 
     def revoke_key(self, key_id: str, at: dt.datetime) -> ApiKey | None: ...
 
-    def count_request(self, key_id: str, window: dt.datetime, expires_at: dt.datetime) -> int:
-        """Add one request to the key's window; the window's count including it."""
+    def count_request(self, key_id: str, window: dt.datetime, shard: int,
+                      expires_at: dt.datetime) -> int:
+        """Add one request to a shard of the key's window; that shard's count
+        including it."""
         ...
 
     def claim_idempotency(self, record_id: str, record: IdempotencyRecord,
@@ -91,13 +105,14 @@ class FirestoreAccess:
         return revoked
 
     # -- rate limits -----------------------------------------------------------------
-    def count_request(self, key_id: str, window: dt.datetime, expires_at: dt.datetime) -> int:
+    def count_request(self, key_id: str, window: dt.datetime, shard: int,
+                      expires_at: dt.datetime) -> int:
         ref = self._client.collection(RATE_LIMITS).document(
-            f"{key_id}-{window.strftime('%Y%m%d%H%M')}")
+            f"{key_id}-{window.strftime('%Y%m%d%H%M')}-s{shard}")
         batch = self._client.batch()
-        batch.set(ref, {"count": firestore.Increment(1), "key_id": key_id,
+        batch.set(ref, {"count": firestore.Increment(1), "key_id": key_id, "shard": shard,
                         "window_start": window, "expires_at": expires_at}, merge=True)
-        (result,) = batch.commit()
+        (result,) = batch.commit(retry=COUNTER_RETRY)
         return int(result.transform_results[0].integer_value)
 
     # -- idempotency -----------------------------------------------------------------

@@ -26,10 +26,11 @@ from __future__ import annotations
 import datetime as dt
 import random
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -62,6 +63,15 @@ class Scope:
 
     name: str
     limit_micros: int
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What a guarded ledger write left: the counters after it, and the reservation's
+    update time (the precondition of the next write to it)."""
+
+    counters: dict[str, dict[str, int]]
+    version: dt.datetime
 
 
 class Ledger(Protocol):
@@ -102,72 +112,104 @@ class FirestoreLedger:
         """Hold `micros` against every scope, or nothing. Idempotent per reservation id."""
         reservation = self._reservation(day, reservation_id)
         now = dt.datetime.now(dt.UTC)
-        counters: dict[str, dict[str, int]] | None
+        written: _Written | None
         try:
-            batch = self._client.batch()
-            batch.create(reservation, {
+            written = self._write(reservation, None, {
                 "state": ReservationState.HELD.value, "granted": False, "micros": micros,
                 "scopes": [s.name for s in scopes], "created_at": now,
-                "expires_at": now + RESERVATION_TTL, **labels})
-            counters = self._commit_counters(batch, day, scopes, held=micros)
+                "expires_at": now + RESERVATION_TTL, **labels}, day, scopes, held=micros)
         except gexc.AlreadyExists:
             data = reservation.get().to_dict() or {}
             if data.get("state") != ReservationState.REFUSED.value:
                 # Still held and granted: the same hold (a retried call). Closed: spent.
                 return bool(data.get("granted")) and data.get("state") == (
                     ReservationState.HELD.value)
-            counters = None  # refused before: look again below
+            written = None  # refused before: look again below
         for attempt in range(self._recheck_attempts):
-            if counters is not None:
-                if all(fits(_gross(counters[s.name]), s.limit_micros) for s in scopes):
-                    self._mark_granted(reservation, day, micros, scopes)
-                    return True
-                self._refund(reservation, day, micros, scopes)
+            if written is not None:
+                try:
+                    if all(fits(_gross(written.counters[s.name]), s.limit_micros)
+                           for s in scopes):
+                        self._write(reservation, written.version, {"granted": True},
+                                    day, scopes, granted=micros)
+                        return True
+                    self._write(reservation, written.version,
+                                {"state": ReservationState.REFUSED.value},
+                                day, scopes, refunded=micros)
+                except gexc.FailedPrecondition:
+                    return False  # closed elsewhere meanwhile (and refunded there)
             if any(self._granted_net(day, s.name) + micros > s.limit_micros for s in scopes):
                 return False  # even the money that surely went ahead leaves no room
             time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-            counters = self._rehold(reservation, day, micros, scopes)
+            written = self._rehold(reservation, day, micros, scopes)
         return False
 
     def _rehold(self, reservation: firestore.DocumentReference, day: str, micros: int,
-                scopes: Sequence[Scope]) -> dict[str, dict[str, int]] | None:
+                scopes: Sequence[Scope]) -> _Written | None:
         snapshot = reservation.get()
         if (snapshot.to_dict() or {}).get("state") != ReservationState.REFUSED.value:
             return None
-        batch = self._client.batch()
-        batch.update(reservation, {"state": ReservationState.HELD.value},
-                     option=self._client.write_option(last_update_time=snapshot.update_time))
         try:
-            return self._commit_counters(batch, day, scopes, held=micros)
+            return self._write(reservation, snapshot.update_time,
+                               {"state": ReservationState.HELD.value}, day, scopes, held=micros)
         except gexc.FailedPrecondition:
             return None
 
-    def _mark_granted(self, reservation: firestore.DocumentReference, day: str, micros: int,
-                      scopes: Sequence[Scope]) -> None:
-        batch = self._client.batch()
-        batch.update(reservation, {"granted": True})
-        self._commit_counters(batch, day, scopes, granted=micros)
+    def _write(self, reservation: firestore.DocumentReference, version: dt.datetime | None,
+               change: dict[str, Any], day: str, scopes: Sequence[Scope],
+               **increments: int) -> _Written:
+        """One atomic batch: `change` on the reservation (created if `version` is None,
+        else updated only if its update time is still `version`) and `increments` on
+        each scope's counters.
 
-    def _refund(self, reservation: firestore.DocumentReference, day: str, micros: int,
-                scopes: Sequence[Scope]) -> None:
+        The client retries a Commit whose answer was lost (UNAVAILABLE; see
+        docs/budget-ledger.md), and a batch of increments applied twice would count
+        twice. The precondition makes a replay fail as a whole, and the fresh `op` id
+        written with the change tells "our first try landed" (go on, with the
+        counters read now) from a write by someone else (AlreadyExists or
+        FailedPrecondition, raised to the caller)."""
+        op = uuid.uuid4().hex
         batch = self._client.batch()
-        batch.update(reservation, {"state": ReservationState.REFUSED.value})
-        self._commit_counters(batch, day, scopes, refunded=micros)
+        if version is None:
+            batch.create(reservation, change | {"op": op})
+        else:
+            batch.update(reservation, change | {"op": op},
+                         option=self._client.write_option(last_update_time=version))
+        try:
+            counters, written_at = self._commit_counters(batch, day, scopes, **increments)
+            return _Written(counters, written_at)
+        except (gexc.AlreadyExists, gexc.FailedPrecondition):
+            snapshot = reservation.get()
+            if (snapshot.to_dict() or {}).get("op") != op:
+                raise
+            # Our first try landed; its replay was refused. Counters read after our
+            # write count every hold that our write would have seen, so the check
+            # against them is at least as strict.
+            return _Written(self._read_counters(day, scopes), snapshot.update_time)
 
     def _commit_counters(self, batch: firestore.WriteBatch, day: str, scopes: Sequence[Scope],
-                         **increments: int) -> dict[str, dict[str, int]]:
+                         **increments: int) -> tuple[dict[str, dict[str, int]], dt.datetime]:
         """Add to each scope's counters in `batch`; return every counter of every scope
-        as it stands after this write."""
+        as it stands after this write, and the update time of the batch's first write."""
         names = sorted(COUNTERS)  # transform results come in field-path order
         for scope in scopes:
             batch.set(self._counter(day, scope.name),
                       {name: firestore.Increment(increments.get(name, 0)) for name in names}
                       | {"day": day, "scope": scope.name}, merge=True)
         results = batch.commit()
-        return {scope.name: {name: int(value.integer_value)
-                             for name, value in zip(names, result.transform_results,
-                                                    strict=True)}
-                for scope, result in zip(scopes, results[-len(scopes):], strict=True)}
+        counters = {scope.name: {name: int(value.integer_value)
+                                 for name, value in zip(names, result.transform_results,
+                                                        strict=True)}
+                    for scope, result in zip(scopes, results[-len(scopes):], strict=True)}
+        return counters, results[0].update_time
+
+    def _read_counters(self, day: str, scopes: Sequence[Scope]) -> dict[str, dict[str, int]]:
+        refs = {self._counter(day, scope.name).path: scope.name for scope in scopes}
+        read = {refs[snapshot.reference.path]: snapshot.to_dict() or {}
+                for snapshot in self._client.get_all(
+                    [self._counter(day, scope.name) for scope in scopes])}
+        return {name: {counter: int(read.get(name, {}).get(counter, 0)) for counter in COUNTERS}
+                for name in refs.values()}
 
     def _granted_net(self, day: str, scope: str) -> int:
         data = self._counter(day, scope).get().to_dict() or {}
@@ -192,16 +234,14 @@ class FirestoreLedger:
                 return False
             micros = int(data["micros"])
             scopes = [Scope(name, 0) for name in data["scopes"]]
-            batch = self._client.batch()
-            batch.update(reservation, {"state": state.value, "spent": spent,
-                                       "closed_at": dt.datetime.now(dt.UTC)},
-                         option=self._client.write_option(last_update_time=snapshot.update_time))
             if data.get("granted"):
                 changes = {"returned": micros - spent, "spent": spent}
             else:  # its holder died before going ahead: nothing was spent
                 changes = {"refunded": micros}
             try:
-                self._commit_counters(batch, day, scopes, **changes)
+                self._write(reservation, snapshot.update_time,
+                            {"state": state.value, "spent": spent,
+                             "closed_at": dt.datetime.now(dt.UTC)}, day, scopes, **changes)
             except gexc.FailedPrecondition:
                 continue  # changed under us: look again
             return True
@@ -210,10 +250,11 @@ class FirestoreLedger:
         """True for exactly one caller per day and threshold (a create-once marker)."""
         marker = self._client.collection(DAYS).document(day).collection("alerts").document(
             threshold)
+        op = uuid.uuid4().hex  # a replayed create (lost answer) is still our crossing
         try:
-            marker.create({"at": dt.datetime.now(dt.UTC)})
+            marker.create({"at": dt.datetime.now(dt.UTC), "op": op})
         except gexc.AlreadyExists:
-            return False
+            return (marker.get().to_dict() or {}).get("op") == op
         return True
 
     # -- figures -----------------------------------------------------------------------

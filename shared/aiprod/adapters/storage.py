@@ -6,6 +6,11 @@ keeps them in Cloud Storage (production, or the storage emulator in tests).
 Uploaded input images are staged here too, under the job's own prefix
 (jobs/<job id>/input/<sha256>.<ext>), so the bucket's lifecycle rule removes them
 with the job's output and a job document never holds the bytes.
+
+A download URL is a convenience beside the output's `uri`: when it cannot be
+signed, `download_url` raises `SigningUnavailable` and the caller answers without
+one (a 403 from IAM signBlob, e.g. iamcredentials.googleapis.com not enabled, must
+not turn `GET /v1/jobs/{id}` into a 500).
 """
 
 from __future__ import annotations
@@ -15,9 +20,15 @@ import datetime as dt
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlparse
+
+
+class SigningUnavailable(Exception):
+    """No download URL could be signed (IAM signBlob refused or unreachable, or the
+    access token could not be refreshed). The message carries no token."""
 
 
 class OutputStore(Protocol):
@@ -26,7 +37,8 @@ class OutputStore(Protocol):
         ...
 
     def download_url(self, uri: str, expires_in: dt.timedelta) -> str:
-        """A URL a caller can fetch the output from, valid for `expires_in`."""
+        """A URL a caller can fetch the output from, valid for `expires_in`; raises
+        `SigningUnavailable` when none can be signed."""
         ...
 
     def stage(self, data: bytes, key: str, content_type: str) -> str:
@@ -81,6 +93,7 @@ class GcsOutputStore:
         self._client = client or Client()
         self._bucket = self._client.bucket(bucket)
         self._prefix = prefix.strip("/")
+        self._token_lock = threading.Lock()  # one refresh at a time across request threads
 
     def put(self, source: Path, key: str, content_type: str) -> str:
         name = f"{self._prefix}/{key}" if self._prefix else key
@@ -125,17 +138,36 @@ class GcsOutputStore:
         if not hasattr(credentials, "sign_bytes") or not getattr(credentials, "signer", None):
             # On Cloud Functions the runtime's credentials cannot sign locally: sign
             # through IAM signBlob as the function's own service account.
-            import google.auth.transport.requests
+            from google.auth.exceptions import GoogleAuthError
 
-            credentials.refresh(google.auth.transport.requests.Request())
-            url: str = blob.generate_signed_url(
-                version="v4", expiration=expires_in, method="GET",
-                service_account_email=credentials.service_account_email,
-                access_token=credentials.token)
+            token = None
+            try:
+                token = self._access_token(credentials)
+                url: str = blob.generate_signed_url(
+                    version="v4", expiration=expires_in, method="GET",
+                    service_account_email=credentials.service_account_email,
+                    access_token=token)
+            except GoogleAuthError as error:
+                reason = f"{type(error).__name__}: {error}"[:500]
+                if token:
+                    reason = reason.replace(token, "<token>")
+                raise SigningUnavailable(reason) from None
             return url
         signed: str = blob.generate_signed_url(version="v4", expiration=expires_in,
                                                method="GET")
         return signed
+
+    def _access_token(self, credentials: Any) -> str:
+        """The runtime's token, refreshed only when google-auth says it is no longer
+        valid (missing, or within its clock-skew margin of expiry): a refresh is a
+        metadata-server round trip, not something to pay on every GET."""
+        import google.auth.transport.requests
+
+        with self._token_lock:
+            if not credentials.valid:
+                credentials.refresh(google.auth.transport.requests.Request())
+            token: str = credentials.token
+            return token
 
 
 def output_store_for(uri: str) -> OutputStore:

@@ -3,7 +3,10 @@
 - API keys: created by operators (`aiprod keys create`, which writes Firestore
   directly), checked on every /v1 request with one document read.
 - Rate limit: requests per minute per key, a fixed window counted in Firestore
-  (adapters.access), so every API instance shares it.
+  (adapters.access), so every API instance shares it. The window is spread over
+  shard counters (domain.ratelimit), so no document takes more than about one
+  write a second, and the cap stays exact: a key never gets more than its limit
+  in a minute (margin 0), and is never refused below it.
 - Idempotency-Key: the first POST with a key stores a record naming the job id
   it will create and a fingerprint of its body; any later POST with the same key
   (concurrent ones too: the record is created once) gets that job id, so
@@ -16,10 +19,13 @@ import datetime as dt
 import hashlib
 import json
 import math
+import random
 import re
+import threading
 import uuid
 
 from aiprod.adapters.access import AccessStore, IdempotencyRecord
+from aiprod.domain import ratelimit
 from aiprod.domain.apikeys import ApiKey, Principal, hash_key, key_id_of, matches, new_key
 from aiprod.domain.job import JobRequest
 from aiprod.problems import Problem
@@ -73,14 +79,57 @@ def authenticate(rt: Runtime, authorization: str | None) -> Principal:
                      rate_limit_rpm=key.rate_limit_rpm or rt.settings.default_rate_limit_rpm)
 
 
-def check_rate(rt: Runtime, principal: Principal) -> None:
+class RateLimiter:
+    """Counts requests in the key's shard counters. Remembers, per API instance, the
+    shards it saw over quota in the current minute: counts only grow within a
+    window, so they stay full, and a key past its limit costs this instance at most
+    one write per shard a minute, then none."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._window: dt.datetime | None = None
+        self._full: dict[str, set[int]] = {}  # key id -> shards over quota this window
+
+    def _known_full(self, key_id: str, window: dt.datetime) -> frozenset[int]:
+        with self._lock:
+            if window != self._window:
+                self._window, self._full = window, {}
+            return frozenset(self._full.get(key_id, ()))
+
+    def _mark_full(self, key_id: str, window: dt.datetime, shard: int) -> None:
+        with self._lock:
+            if window == self._window:
+                self._full.setdefault(key_id, set()).add(shard)
+
+    def admit(self, store: AccessStore, key_id: str, limit: int, window: dt.datetime,
+              expires_at: dt.datetime) -> bool:
+        """Take a slot in one shard of the key's minute; False once all are taken.
+
+        Shards are tried in a random order (the load spreads evenly), skipping
+        those known full. Each admitted request is one write on one shard."""
+        quotas = ratelimit.shard_quotas(limit)
+        order = list(range(len(quotas)))
+        random.shuffle(order)
+        for shard in order:
+            if shard in self._known_full(key_id, window):  # learnt meanwhile, maybe
+                continue
+            if store.count_request(key_id, window, shard, expires_at) <= quotas[shard]:
+                return True
+            self._mark_full(key_id, window, shard)
+        return False
+
+
+LIMITER = RateLimiter()  # one per process: an API instance
+
+
+def check_rate(rt: Runtime, principal: Principal, limiter: RateLimiter = LIMITER) -> None:
     """Count this request against the key's minute; a 429 past its limit."""
     now = rt.clock()
     window = now.astimezone(dt.UTC).replace(second=0, microsecond=0)
     resets = window + dt.timedelta(minutes=1)
-    count = rt.access.count_request(principal.key_id, window, resets + dt.timedelta(minutes=1))
     limit = principal.rate_limit_rpm
-    if count > limit:
+    if not limiter.admit(rt.access, principal.key_id, limit, window,
+                         resets + dt.timedelta(minutes=1)):
         wait = max(1, math.ceil((resets - now).total_seconds()))
         raise Problem(429, "rate-limited", "Too many requests",
                       f"this API key may make {limit} requests a minute; the limit resets at "
