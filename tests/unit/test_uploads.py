@@ -13,9 +13,19 @@ from pydantic import ValidationError
 from aiprod.adapters import images
 from aiprod.adapters.providers import replicate, runway
 from aiprod.adapters.providers.base import ProviderError, StagedImage
-from aiprod.adapters.storage import LocalOutputStore
+from aiprod.adapters.storage import LocalOutputStore, SigningUnavailable
 from aiprod.adapters.store import job_from_doc, job_to_doc
-from aiprod.domain.job import InputImage, Job, JobRequest, JobStatus, same_request, staged_key
+from aiprod.domain.health import is_strike
+from aiprod.domain.job import (
+    ErrorClass,
+    InputImage,
+    Job,
+    JobRequest,
+    JobStatus,
+    same_request,
+    staged_key,
+)
+from aiprod.domain.lifecycle import falls_back
 from aiprod.domain.views import public_job
 from tests.unit.test_images import png
 
@@ -156,3 +166,21 @@ def test_staging_in_cloud_storage_is_create_only(exists: bool) -> None:
     assert uri == f"gs://b/outputs/jobs/job_1/input/{SHA}.png"
     assert blob.calls == [{"content_type": "image/png", "checksum": "crc32c",
                            "if_generation_match": 0}]
+
+
+def test_an_image_url_that_cannot_be_signed_falls_back_without_a_strike() -> None:
+    """IAM signBlob refused (e.g. iamcredentials.googleapis.com disabled) before any
+    provider call: the attempt is skipped-class (no circuit strike, the job falls
+    back to a backend that takes bytes), never an exception that looks like a
+    create cut off mid-call."""
+    def refused() -> str:
+        raise SigningUnavailable("403 SERVICE_DISABLED")
+
+    image = StagedImage(uri="gs://b/x.png", sha256="", mime_type="image/png", size=100,
+                        read=lambda: b"", signed_url=refused)
+    with pytest.raises(ProviderError) as caught:
+        images.staged_for_provider(image, inline=False, provider="Runway")
+    assert caught.value.error_class is ErrorClass.SKIPPED
+    assert caught.value.code == "image_url_unsigned"
+    assert not is_strike(caught.value.error_class)
+    assert falls_back(caught.value.error_class, fallback_on_refusal=False)

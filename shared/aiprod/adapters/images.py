@@ -20,6 +20,7 @@ import httpx
 
 from aiprod import netsafety
 from aiprod.adapters.providers.base import ProviderError, StagedImage
+from aiprod.adapters.storage import SigningUnavailable
 from aiprod.domain.job import ErrorClass
 
 MAX_IMAGE_BYTES = 20 * 1024**2
@@ -117,7 +118,14 @@ def staged_for_provider(image: StagedImage, *, inline: bool, provider: str) -> s
     there as the caller's (it would work in production)."""
     if inline:
         return as_data_uri(image.read(), image.mime_type)
-    url = image.signed_url()
+    try:
+        url = image.signed_url()
+    except SigningUnavailable as error:
+        # Before any call to the provider: nothing was created, and the backend is not
+        # at fault (no strike); the job falls back to a backend that takes the bytes.
+        raise ProviderError(ErrorClass.SKIPPED, "image_url_unsigned",
+                            f"no signed URL for the staged image could be made: {error}"
+                            ) from None
     if url.startswith("https://"):
         return url
     raise _invalid("image_too_large_for_data_uri",
