@@ -1,65 +1,136 @@
-"""Pub/Sub emulator push redelivery after a short outage, with and without a retry policy.
+"""Does the Pub/Sub emulator redeliver push messages after a short outage?
 
-Endpoints: 'down' is not listening for the first OUTAGE s (connection refused, like a
-killed function process); 'err' answers 503 for the first OUTAGE s. Each endpoint has two
-subscriptions: with retryPolicy (1s..10s) and without. Publish N messages at t0, then count
-successful (200) deliveries per subscription for RUN s.
+Usage: python tools/pubsub_push_redelivery.py [OUTAGE_S] [RUN_S] [MESSAGES]
+
+Starts the emulator alone (gcloud beta emulators pubsub start) and two plain
+HTTP endpoints: `down` does not listen for the first OUTAGE_S seconds (like a
+killed function process), `err` answers 503 for that long. Each endpoint has two
+push subscriptions, one with a retry policy (1 s to 10 s backoff) and one
+without. MESSAGES are published at once on both topics, one more message a
+minute later; the script prints, per subscription, the push attempts and the
+deliveries answered 200. What it showed is recorded in docs/local-stack.md.
 """
-import json, os, socket, subprocess, sys, threading, time, urllib.request, base64
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-OUTAGE, RUN, N = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-def free():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-EP, DOWN, ERR = free(), free(), free()
-proc = subprocess.Popen(["gcloud", "beta", "emulators", "pubsub", "start", "--project=p",
-                         f"--host-port=127.0.0.1:{EP}", "--quiet"],
-                        stdout=open("/tmp/i12-exp/emu.log", "w"), stderr=subprocess.STDOUT)
-base = f"http://127.0.0.1:{EP}/v1/projects/p"
-def call(method, path, body=None):
-    req = urllib.request.Request(base + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(req, timeout=10).read() or b"{}")
-for _ in range(120):
-    try: call("GET", "/topics"); break
-    except Exception: time.sleep(0.5)
-t0 = None
-events = []  # (t, sub, status)
-lock = threading.Lock()
-class H(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        sub = self.path.strip("/")
-        status = 503 if (self.server.mode == "err" and time.monotonic() - t0 < OUTAGE) else 200
-        with lock: events.append((round(time.monotonic() - t0, 1), sub, status))
-        self.send_response(status); self.end_headers()
-    def log_message(self, *a): pass
-def serve(port, mode):
-    srv = ThreadingHTTPServer(("127.0.0.1", port), H); srv.mode = mode
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-subs = {}
-for ep_name, port in (("down", DOWN), ("err", ERR)):
-    call("PUT", f"/topics/{ep_name}", {})
-    for variant in ("retry", "noretry"):
-        name = f"{ep_name}-{variant}"
-        body = {"topic": f"projects/p/topics/{ep_name}", "ackDeadlineSeconds": 30,
-                "pushConfig": {"pushEndpoint": f"http://127.0.0.1:{port}/{name}"}}
-        if variant == "retry":
-            body["retryPolicy"] = {"minimumBackoff": "1s", "maximumBackoff": "10s"}
-        call("PUT", f"/subscriptions/{name}", body)
-serve(ERR, "err")
-t0 = time.monotonic()
-for ep_name in ("down", "err"):
-    call("POST", f"/topics/{ep_name}:publish",
-         {"messages": [{"data": base64.b64encode(f"m{i}".encode()).decode()} for i in range(N)]})
-time.sleep(OUTAGE); serve(DOWN, "down")
-time.sleep(RUN - OUTAGE)
-proc.terminate()
-summary = {}
-for t, sub, status in events:
-    s = summary.setdefault(sub, {"attempts": 0, "ok": 0, "first_ok": None, "last": None})
-    s["attempts"] += 1; s["last"] = t
-    if status == 200:
-        s["ok"] += 1; s["first_ok"] = s["first_ok"] if s["first_ok"] is not None else t
-print(json.dumps({"outage_s": OUTAGE, "run_s": RUN, "messages": N, "by_subscription": summary}, indent=1))
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+PROJECT = "repro"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Emulator:
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                ["gcloud", "beta", "emulators", "pubsub", "start", f"--project={PROJECT}",
+                 f"--host-port=127.0.0.1:{self.port}", "--quiet"],
+                stdout=out, stderr=subprocess.STDOUT)
+        for _ in range(240):
+            try:
+                self.call("GET", "/topics")
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("the emulator did not start")
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/projects/{PROJECT}{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (local)
+            return json.loads(response.read() or b"{}")
+
+    def publish(self, topic: str, count: int) -> None:
+        self.call("POST", f"/topics/{topic}:publish", {"messages": [
+            {"data": base64.b64encode(f"m{i}".encode()).decode()} for i in range(count)]})
+
+
+def main(outage_s: float, run_s: float, count: int) -> dict[str, Any]:
+    start = time.monotonic()
+    seen: list[tuple[float, str, int]] = []
+    lock = threading.Lock()
+
+    class Endpoint(BaseHTTPRequestHandler):
+        failing = False
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status = 503 if self.failing and time.monotonic() - start < outage_s else 200
+            with lock:
+                seen.append((round(time.monotonic() - start, 1), self.path.strip("/"), status))
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    class Failing(Endpoint):
+        failing = True
+
+    def serve(port: int, handler: type[Endpoint]) -> None:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        emulator = Emulator(Path(tmp) / "emulator.log")
+        try:
+            ports = {"down": free_port(), "err": free_port()}
+            for endpoint, port in ports.items():
+                emulator.call("PUT", f"/topics/{endpoint}", {})
+                for variant in ("retry", "noretry"):
+                    body: dict[str, Any] = {
+                        "topic": f"projects/{PROJECT}/topics/{endpoint}",
+                        "ackDeadlineSeconds": 30,
+                        "pushConfig": {
+                            "pushEndpoint": f"http://127.0.0.1:{port}/{endpoint}-{variant}"}}
+                    if variant == "retry":
+                        body["retryPolicy"] = {"minimumBackoff": "1s", "maximumBackoff": "10s"}
+                    emulator.call("PUT", f"/subscriptions/{endpoint}-{variant}", body)
+            serve(ports["err"], Failing)
+            start = time.monotonic()
+            for endpoint in ports:
+                emulator.publish(endpoint, count)
+            time.sleep(outage_s)
+            serve(ports["down"], Endpoint)  # back up after the outage
+            time.sleep(max(0.0, 60 - outage_s))
+            for endpoint in ports:
+                emulator.publish(endpoint, 1)  # a new message after the outage
+            time.sleep(max(0.0, run_s - 60))
+        finally:
+            emulator.process.terminate()
+    summary: dict[str, dict[str, Any]] = {}
+    for at, subscription, status in seen:
+        entry = summary.setdefault(subscription, {"pushes": 0, "delivered": 0,
+                                                  "delivered_at": []})
+        entry["pushes"] += 1
+        if status == 200:
+            entry["delivered"] += 1
+            entry["delivered_at"].append(at)
+    return {"outage_s": outage_s, "run_s": run_s, "published_at_0": count,
+            "published_at_60": 1, "by_subscription": summary}
+
+
+if __name__ == "__main__":
+    args = [float(a) for a in sys.argv[1:4]]
+    outage, run, messages = (args + [6.0, 120.0, 10.0][len(args):])[:3]
+    print(json.dumps(main(outage, run, int(messages)), indent=1))

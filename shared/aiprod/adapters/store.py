@@ -19,6 +19,9 @@ from aiprod.domain.job import Job, JobStatus
 T = TypeVar("T")
 
 JOBS = "jobs"
+# The fields of the watchdog's query, in the order of its composite index
+# (terraform/firestore.tf, google_firestore_index.jobs_unmoved).
+UNMOVED_QUERY_FIELDS = ("status", "updated_at")
 
 
 class JobStore(Protocol):
@@ -87,10 +90,10 @@ class FirestoreJobStore:
         # An `in` filter on status with a range and order on updated_at: production
         # Firestore serves it only from the composite index (status, updated_at) in
         # terraform/firestore.tf; the emulator needs none (tests/infra pins it).
-        query = (self._jobs.where(filter=FieldFilter("status", "in",
-                                                     [s.value for s in statuses]))
-                 .where(filter=FieldFilter("updated_at", "<", before))
-                 .order_by("updated_at").limit(limit))
+        status, updated = UNMOVED_QUERY_FIELDS
+        query = (self._jobs.where(filter=FieldFilter(status, "in", [s.value for s in statuses]))
+                 .where(filter=FieldFilter(updated, "<", before))
+                 .order_by(updated).limit(limit))
         if isinstance(cursor, firestore.DocumentSnapshot):
             query = query.start_after(cursor)
         snapshots = list(query.stream())
