@@ -151,3 +151,17 @@ def test_the_default_bound_does_not_race_pub_sub_or_a_live_render() -> None:
     assert defaults.watchdog_stale_s >= 600
     assert defaults.watchdog_interval_s <= defaults.watchdog_stale_s
     assert settings.attempt_lease.total_seconds() > defaults.render_deadline_s
+
+
+def test_a_re_drive_counts_as_a_move_so_the_next_waits_another_bound() -> None:
+    """A re-drive that is not delivered either is repeated once per bound, not on
+    every run; a second run that finds the job already re-driven does nothing."""
+    job = make_job()
+    assert policy.mark_redriven(job, LATER, STALE, Action.DISPATCH)
+    assert job.updated_at == LATER
+    assert not policy.mark_redriven(job, LATER, STALE, Action.DISPATCH)
+    assert decide(job, LATER + STALE / 2).action is Action.NONE
+    assert decide(job, LATER + STALE).action is Action.DISPATCH
+    # A job that moved in between (its first dispatch arrived) is not re-driven.
+    claim(job, "a", 0, "m1", LATER + STALE / 2)
+    assert not policy.mark_redriven(job, LATER + STALE, STALE, Action.DISPATCH)

@@ -73,6 +73,19 @@ def decide(job: Job, now: dt.datetime, stale: dt.timedelta,
                    f"{following} never received the job")
 
 
+def mark_redriven(job: Job, now: dt.datetime, stale: dt.timedelta, action: Action,
+                  fallback_on_refusal: bool = False) -> bool:
+    """Record a re-drive in the job, if the job still calls for it (read fresh, in a
+    transaction): the job was handed to a render again, so it counts as a move.
+    A job whose re-drive is not delivered either (a backlog, a stalled subscription)
+    is re-driven again only after another `stale`, not on every run, and two
+    watchdog runs never re-drive the same job twice."""
+    if decide(job, now, stale, fallback_on_refusal).action is not action:
+        return False
+    job.updated_at = now
+    return True
+
+
 def ended_attempts(job: Job) -> list[int]:
     """The attempts whose ledger holds should be closed (closing is idempotent)."""
     return [i for i, attempt in enumerate(job.attempts)

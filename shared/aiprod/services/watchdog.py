@@ -58,9 +58,16 @@ def sweep(rt: Runtime) -> dict[str, int]:
 def redrive(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta) -> Action:
     """Act on one job the query found (its verdict is taken on the data just read;
     each action re-checks under the same claims a late delivery would meet)."""
-    verdict = policy.decide(job, now, stale, rt.settings.fallback_on_refusal)
+    refusal = rt.settings.fallback_on_refusal
+    verdict = policy.decide(job, now, stale, refusal)
     if verdict.action is Action.NONE:
         return Action.NONE
+    if verdict.action is not Action.END:
+        marked = rt.store.mutate(job.id, lambda j: policy.mark_redriven(
+            j, now, stale, verdict.action, refusal))
+        if marked is None or not marked[1]:
+            return Action.NONE  # it moved meanwhile, or another run took it
+        job = marked[0]
     log(logger, logging.WARNING, f"watchdog re-drives a job: {verdict.action.value}",
         job_id=job.id, reason=verdict.reason, backend=verdict.backend,
         attempt=verdict.attempt)
@@ -85,7 +92,8 @@ def redrive(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta) -> Act
 
 def _end(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta, reason: str) -> None:
     def end(fresh: Job) -> bool:
-        if policy.decide(fresh, now, stale).action is not Action.END:
+        if policy.decide(fresh, now, stale, rt.settings.fallback_on_refusal).action \
+                is not Action.END:
             return False  # it moved meanwhile
         return lifecycle.fail_job(fresh, reason, now)
 
