@@ -44,7 +44,12 @@ def sweep(rt: Runtime) -> dict[str, int]:
     while True:
         jobs, cursor = rt.store.unmoved(policy.OPEN_STATUSES, now - stale, PAGE, cursor)
         for job in jobs:
-            done[redrive(rt, job, now, stale).value] += 1
+            try:
+                done[redrive(rt, job, now, stale).value] += 1
+            except Exception as error:  # one job's fault must not stop the others
+                logger.exception("watchdog could not re-drive a job", extra={"fields": {
+                    "job_id": job.id, "error_type": type(error).__name__}})
+                done["errors"] += 1
         if cursor is None or time.monotonic() > stop_at:
             break
     done["holds_closed"] = close_leftover_holds(rt, now, stale)
