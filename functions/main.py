@@ -48,3 +48,9 @@ def dead_letter(event: CloudEvent) -> None:
 def notifier(event: CloudEvent) -> None:
     """Signed webhooks for jobs that reach a terminal state (job-events topic)."""
     entrypoints.notifier(event)
+
+
+@functions_framework.http
+def watchdog(request: Request) -> Response:
+    """Re-drives jobs that stopped moving (Cloud Scheduler, every few minutes)."""
+    return entrypoints.watchdog(request)

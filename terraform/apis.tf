@@ -7,6 +7,7 @@ locals {
     "artifactregistry.googleapis.com", # function images
     "cloudbuild.googleapis.com",       # function builds
     "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com", # runs the watchdog
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",

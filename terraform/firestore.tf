@@ -37,7 +37,30 @@ resource "google_firestore_field" "ttl" {
   index_config {}
 }
 
-# Composite indexes: none yet. Every query the code runs reads a document by
-# ID, which needs no index. A query that filters or orders on more than one
-# field needs a google_firestore_index here; the Firestore emulator does not
-# enforce indexes, so the emulator tests will not reveal a missing one.
+# Composite indexes. Reads by document ID need none. The watchdog's query
+# (shared/aiprod/adapters/store.py, FirestoreJobStore.unmoved) filters jobs by
+# status (`in` QUEUED, RENDERING) and by a range on updated_at, ordered by
+# updated_at: Firestore serves an equality filter combined with a range or order
+# on another field only from a composite index, and refuses the query without
+# one (https://cloud.google.com/firestore/docs/query-data/index-overview). The
+# Firestore emulator does not enforce indexes, so only tests/infra, which checks
+# this index against the query, would notice a missing one. `status` has few
+# values, so the index adds no write hotspot beyond the single-field one
+# updated_at already has.
+resource "google_firestore_index" "jobs_unmoved" {
+  database   = google_firestore_database.main.name
+  collection = "jobs"
+
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "updated_at"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "__name__"
+    order      = "ASCENDING"
+  }
+}

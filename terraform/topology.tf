@@ -94,6 +94,19 @@ locals {
       env         = local.common_env
       secrets     = ["webhook-signing-key"]
     }
+    # Re-drives jobs that stopped moving (lost messages, dead processes), called
+    # by Cloud Scheduler (watchdog.tf) every watchdog_interval_seconds.
+    watchdog = {
+      entry_point = "watchdog"
+      kind        = "watchdog"
+      backend     = null
+      topic       = null # HTTP, on a schedule
+      env = merge(local.common_env, {
+        AIPROD_WATCHDOG_INTERVAL_S = tostring(var.watchdog_interval_seconds)
+        AIPROD_WATCHDOG_STALE_S    = tostring(var.watchdog_stale_seconds)
+      })
+      secrets = []
+    }
   }
   render_functions = {
     for name, b in local.backends : "render-${name}" => {
@@ -161,6 +174,8 @@ locals {
     dead_letter = concat(local.render_topics, [local.events_topic])
     # only calls receivers' URLs
     notifier = []
+    # resumes an attempt or dispatches on render topics; announces jobs it ends
+    watchdog = concat(local.render_topics, [local.events_topic])
   }
   publisher_grants = merge([
     for name, f in local.functions : {
@@ -199,8 +214,12 @@ locals {
   # a hash so that two backends never share an account.
   runtime_account_names = { for name, f in local.functions : name => "fn-${name}" }
   invoker_account_names = {
-    for name, f in local.functions : name => "push-${name}" if f.kind != "api"
+    for name, f in local.functions : name => "push-${name}" if !contains(["api", "watchdog"], f.kind)
   }
+  # Cloud Scheduler's OIDC identity for the watchdog: it may invoke that function only.
+  watchdog_scheduler_account = "aiprod-watchdog-scheduler"
+  # Every watchdog_interval_seconds (a whole number of minutes that divides an hour).
+  watchdog_schedule = var.watchdog_interval_seconds == 3600 ? "0 * * * *" : "*/${floor(var.watchdog_interval_seconds / 60)} * * * *"
   account_ids = {
     for key, id in merge(
       { for k, v in local.runtime_account_names : "runtime/${k}" => v },

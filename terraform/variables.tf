@@ -127,6 +127,15 @@ variable "functions" {
       max_instances   = optional(number, 10)
       concurrency     = optional(number, 1)
     }), {})
+    # One run at a time is enough (two would be harmless: every re-drive is a claim).
+    watchdog = optional(object({
+      memory          = optional(string, "256Mi")
+      cpu             = optional(string, "0.167")
+      timeout_seconds = optional(number, 180)
+      min_instances   = optional(number, 0)
+      max_instances   = optional(number, 1)
+      concurrency     = optional(number, 1)
+    }), {})
   })
   default = {}
 
@@ -158,6 +167,10 @@ variable "functions" {
     error_message = "Pub/Sub-driven functions (intake, render, dead_letter, notifier) need 10 <= timeout_seconds <= 570 so that the ack deadline (timeout + 30 s) fits Pub/Sub's 600 s maximum."
   }
   validation {
+    condition     = var.functions.watchdog.timeout_seconds >= var.watchdog_interval_seconds + 60 && var.functions.watchdog.timeout_seconds <= 1800
+    error_message = "functions.watchdog.timeout_seconds must be at least watchdog_interval_seconds + 60 (a run stops starting new pages after one interval, then finishes its page) and at most 1800 (Cloud Scheduler's longest attempt deadline)."
+  }
+  validation {
     condition     = var.functions.render.timeout_seconds - var.render_handoff_margin_seconds >= 60
     error_message = "functions.render.timeout_seconds must leave at least 60 s of rendering after render_handoff_margin_seconds."
   }
@@ -171,6 +184,28 @@ variable "render_handoff_margin_seconds" {
   validation {
     condition     = var.render_handoff_margin_seconds >= 30 && var.render_handoff_margin_seconds <= 300
     error_message = "render_handoff_margin_seconds must be between 30 and 300."
+  }
+}
+
+variable "watchdog_interval_seconds" {
+  description = "How often Cloud Scheduler runs the watchdog, which re-drives jobs that stopped moving (AIPROD_WATCHDOG_INTERVAL_S): a whole number of minutes that divides an hour. See README.md, \"No job stuck\"."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.watchdog_interval_seconds >= 60 && var.watchdog_interval_seconds <= 3600 && var.watchdog_interval_seconds % 60 == 0 && 60 % (var.watchdog_interval_seconds / 60) == 0
+    error_message = "watchdog_interval_seconds must be a whole number of minutes that divides an hour (60, 120, 180, 240, 300, 360, 600, 720, 900, 1200, 1800 or 3600)."
+  }
+}
+
+variable "watchdog_stale_seconds" {
+  description = "How long a job may go without a change before the watchdog re-drives it (AIPROD_WATCHDOG_STALE_S); an open attempt is re-driven only once its lease has expired too. At least 600: Pub/Sub's maximum retry backoff, so the watchdog does not duplicate a redelivery Pub/Sub still has scheduled."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.watchdog_stale_seconds >= 600 && var.watchdog_stale_seconds <= 86400
+    error_message = "watchdog_stale_seconds must be between 600 (Pub/Sub's maximum retry backoff) and 86400."
   }
 }
 

@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     veo_location: str = "us-central1"
     veo_access_token: SecretStr = SecretStr("")  # empty: Application Default Credentials
 
+    # The watchdog (re-drives jobs that stopped moving; see README, "No job stuck").
+    # How often it runs: Cloud Scheduler's schedule in production, the local
+    # stack's timer in development; one run also stops starting new pages after it.
+    watchdog_interval_s: float = 60.0
+    # How long a job may go without a change before the watchdog looks at it. At
+    # least Pub/Sub's maximum retry backoff (600 s, terraform/topology.tf), so it
+    # does not duplicate a redelivery Pub/Sub still has scheduled; an open attempt
+    # is re-driven only once its lease (attempt_lease, 600 s) has also expired.
+    watchdog_stale_s: float = 600.0
+
     # Callers: requests per minute for an API key created without its own --rpm.
     default_rate_limit_rpm: int = 600
 

@@ -28,6 +28,7 @@ from aiprod.openapi import JOB_REQUEST_SCHEMA_ID
 from aiprod.problems import invalid_request
 from aiprod.runtime import get_runtime
 from aiprod.services import admission, telemetry, webhooks
+from aiprod.services import watchdog as watchdog_service
 from aiprod.services.cancel import stop_task
 from aiprod.services.deadletter import handle_dead_letter
 from aiprod.services.messages import RenderMessage
@@ -199,3 +200,12 @@ def dead_letter(event: CloudEvent) -> None:
                        message.attributes)
 
 
+@tracing.http_entry
+def watchdog(request: Request) -> Response:
+    """One watchdog run (Cloud Scheduler's OIDC-authenticated POST in production; the
+    local stack's timer in development): what it re-drove, as JSON."""
+    if request.method != "POST":
+        refused = flask.jsonify({"error": "POST runs the watchdog"})
+        refused.status_code = 405
+        return refused
+    return flask.jsonify(watchdog_service.sweep(get_runtime()))

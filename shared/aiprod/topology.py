@@ -39,7 +39,9 @@ class Topology:
 
 def topology(catalog: Catalog, settings: Settings) -> Topology:
     functions = [Function("api", "api"), Function("intake", "intake"),
-                 Function("dead-letter", "dead_letter"), Function("notifier", "notifier")]
+                 Function("dead-letter", "dead_letter"), Function("notifier", "notifier"),
+                 # HTTP, on a schedule (Cloud Scheduler; the local stack's timer)
+                 Function("watchdog", "watchdog")]
     subscriptions = [PushSubscription("intake", settings.intake_topic, "intake",
                                       settings.intake_topic + DEAD_LETTER_SUFFIX),
                      # webhooks: every job event reaches the notifier, which sends the

@@ -272,11 +272,27 @@ def test_aiprod_slo_reports_what_the_jobs_did(local: LocalStack, tmp_path: Path)
     assert "missed" in human.stdout
 
 
+def stale_queued_job(stack: LocalStack) -> str:
+    """A job stored QUEUED as admission stores it, unchanged for an hour, never dispatched."""
+    from aiprod.adapters.store import FirestoreJobStore
+    from aiprod.domain.job import Job, JobRequest, JobStatus
+
+    then = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    job = Job(id=f"job_{uuid.uuid4().hex}", owner="test", request=JobRequest(prompt="a fox"),
+              plan=["runway-gen45"], status=JobStatus.QUEUED, estimated_cost_usd=0.6,
+              created_at=then, updated_at=then)
+    assert FirestoreJobStore(stack.firestore()).create(job)
+    return job.id
+
+
 def test_every_point_the_functions_emitted_is_declared(local: LocalStack) -> None:
     """Every point written so far in this session (every earlier test's jobs too)
     matches monitoring.yaml, and no metric call was refused."""
     local.fault("replicate", "error")  # a provider error and a fallback, then a render
     assert local.wait(local.submit(prompt="a fox, counted")["id"])["status"] == "SUCCEEDED"
+    # A job whose dispatch was lost: the stack's watchdog re-drives it (and counts it).
+    lost = stale_queued_job(local)
+    assert local.wait(lost, timeout=90)["status"] in {"SUCCEEDED", "FAILED"}
     spec = monitoring.load()
     declared = {m.name: m for m in spec.metrics}
     seen: set[str] = set()

@@ -56,6 +56,8 @@ SCOPED_TO_KIND = {
     "backend": "render",
     "render_deadline_s": "render",
     "webhook_signing_key": "notifier",  # the webhook sender
+    "watchdog_interval_s": "watchdog",
+    "watchdog_stale_s": "watchdog",
 }
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)$")
 
@@ -549,8 +551,9 @@ def test_push_subscriptions_may_invoke_their_own_function_only(deployment: Deplo
             assert ingress == "ALLOW_ALL"
             continue
         assert ingress == "ALLOW_INTERNAL_ONLY", f"{name} must not be reachable from the internet"
+        allowed = "scheduler" if kind(fn) == "watchdog" else "invoker/"
         assert not [m for m, targets in invokers.items() if name in targets
-                    and not m.startswith("invoker/")], f"{name} is invocable by others"
+                    and not m.startswith(allowed)], f"{name} is invocable by others"
     for sub in deployment.instances(SUBSCRIPTION, "push").values():
         oidc = sub.block("push_config").block("oidc_token")
         account = account_of(deployment, oidc.get("service_account_email"))
@@ -558,6 +561,40 @@ def test_push_subscriptions_may_invoke_their_own_function_only(deployment: Deplo
         assert invokers.get(account) == {target}, f"{sub.get('name')}: {account} invokes " \
             f"{invokers.get(account)}"
     assert invokers.get("allUsers", {"api"}) == {"api"}
+    assert invokers["scheduler"] == {"watchdog"}
+
+
+def test_cloud_scheduler_calls_the_watchdog_with_its_own_identity(
+        deployment: Deployment, evaluated: tfconfig.Evaluated) -> None:
+    (job,) = deployment.instances("google_cloud_scheduler_job", "watchdog").values()
+    target = job.block("http_target")
+    oidc = target.block("oidc_token")
+    assert target.get("http_method") == "POST"
+    assert deployment.resolve(target.get("uri")).key == "watchdog"
+    assert deployment.resolve(oidc.get("audience")).key == "watchdog"
+    assert account_of(deployment, oidc.get("service_account_email")) == "scheduler"
+    # Every minute by default, as the code's AIPROD_WATCHDOG_INTERVAL_S default says.
+    assert evaluated.locals["watchdog_schedule"] == "*/1 * * * *"
+    assert evaluated.vars["watchdog_interval_seconds"] == Settings().watchdog_interval_s
+    assert evaluated.vars["watchdog_stale_seconds"] == Settings().watchdog_stale_s
+    assert job.block("retry_config").get("retry_count") == 0
+    fn = functions(deployment)["watchdog"]
+    assert job.get("attempt_deadline") == f"{fn.block('service_config').get('timeout_seconds')}s"
+    env = plain_env(fn)
+    assert float(env["AIPROD_WATCHDOG_INTERVAL_S"]) == evaluated.vars["watchdog_interval_seconds"]
+    apis = {i.key for i in deployment.instances("google_project_service", "api").values()}
+    assert "cloudscheduler.googleapis.com" in apis
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"watchdog_interval_seconds": 420}, r"divides\s+an\s+hour"),
+    ({"watchdog_stale_seconds": 60}, r"maximum\s+retry\s+backoff"),
+    ({"watchdog_interval_seconds": 1800}, r"watchdog_interval_seconds\s+\+\s+60"),
+])
+def test_watchdog_variables_reject_unsafe_values(tf_config: tfconfig.Config, tmp_path: Path,
+                                                 override: dict[str, Any], message: str) -> None:
+    with pytest.raises(tfconfig.TerraformError, match=message):
+        tfconfig.evaluate_locals(tf_config, tmp_path, {"project_id": PROJECT, **override})
 
 
 def test_roles_are_the_least_each_function_needs(deployment: Deployment) -> None:
@@ -584,7 +621,8 @@ def test_roles_are_the_least_each_function_needs(deployment: Deployment) -> None
     render_topics = {b.topic for b in CATALOG.backends}
     assert "runtime/notifier" not in published
     # The dead-letter function asks a backend to stop a running task (services/cancel.py).
-    for name in ("api", "intake", "dead-letter", *(f"render-{b.name}" for b in CATALOG.backends)):
+    for name in ("api", "intake", "dead-letter", "watchdog",
+                 *(f"render-{b.name}" for b in CATALOG.backends)):
         assert published[f"runtime/{name}"] == render_topics | {"job-events"}, name
 
     accessors = {}
@@ -635,6 +673,24 @@ def test_pubsub_service_agent_can_dead_letter(deployment: Deployment) -> None:
 
 
 # --- Data ------------------------------------------------------------------------------
+
+def test_the_watchdogs_query_has_its_composite_index(deployment: Deployment) -> None:
+    """Production Firestore refuses a query with an equality (`in`) filter and a range
+    and order on another field unless a composite index serves it
+    (https://cloud.google.com/firestore/docs/query-data/index-overview); the emulator
+    enforces no index ("the emulator does not track composite indexes and instead
+    will execute any valid query",
+    https://firebase.google.com/docs/emulator-suite/connect_firestore), so only this
+    test would notice a missing one."""
+    from aiprod.adapters.store import JOBS, UNMOVED_QUERY_FIELDS
+
+    (index,) = deployment.instances("google_firestore_index", "jobs_unmoved").values()
+    assert index.get("collection") == JOBS
+    fields = [(f.get("field_path"), f.get("order")) for f in index.blocks("fields")]
+    assert fields == [*((name, "ASCENDING") for name in UNMOVED_QUERY_FIELDS),
+                      ("__name__", "ASCENDING")]
+    assert deployment.resolve(index.get("database")).type == "google_firestore_database"
+
 
 def test_firestore_ttl_policies(deployment: Deployment) -> None:
     fields = {(f.get("collection"), f.get("field")): f

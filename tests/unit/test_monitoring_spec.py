@@ -18,10 +18,10 @@ SPEC = monitoring.load()
 RAW = yaml.safe_load(monitoring.DEFAULT_MONITORING_PATH.read_text())
 
 
-def test_the_five_alert_policies() -> None:
+def test_the_alert_policies() -> None:
     alerts = {a.name: a for a in SPEC.alerts}
     assert set(alerts) == {"budget_warning", "budget_critical", "quality_low", "latency_high",
-                           "runway_errors"}
+                           "runway_errors", "watchdog_redrove"}
     c = {name: a.condition for name, a in alerts.items()}
     assert (alerts["budget_warning"].metric, c["budget_warning"].at_least) == (
         "budget_committed_usd", 90)
@@ -32,6 +32,10 @@ def test_the_five_alert_policies() -> None:
     assert (c["runway_errors"].aggregate, c["runway_errors"].above,
             c["runway_errors"].window_s, c["runway_errors"].filter) == (
         "sum", 5, 3600, {"provider": "runway"})
+    # Any re-drive at all opens an incident, one per action.
+    assert (alerts["watchdog_redrove"].metric, c["watchdog_redrove"].aggregate,
+            c["watchdog_redrove"].above, c["watchdog_redrove"].group_by) == (
+        "watchdog_redriven", "sum", 0, ("action",))
     for alert in alerts.values():
         assert alert.severity in {"WARNING", "CRITICAL", "ERROR"}
         assert "Runbook" in alert.documentation, f"{alert.name} has no runbook action"

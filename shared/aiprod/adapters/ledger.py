@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from aiprod.domain.budget import DayFigures, fits
 
@@ -85,6 +86,18 @@ class Ledger(Protocol):
     def figures(self, day: str, scope: Scope, warn_micros: int) -> DayFigures: ...
 
     def first_crossing(self, day: str, threshold: str) -> bool: ...
+
+    def held(self, day: str) -> list[Held]: ...
+
+
+@dataclass(frozen=True)
+class Held:
+    """A reservation still held: money set aside for a render not yet settled."""
+
+    day: str
+    reservation_id: str
+    job_id: str
+    created_at: dt.datetime
 
 
 class FirestoreLedger:
@@ -256,6 +269,14 @@ class FirestoreLedger:
         except gexc.AlreadyExists:
             return (marker.get().to_dict() or {}).get("op") == op
         return True
+
+    def held(self, day: str) -> list[Held]:
+        """The day's reservations still HELD (one per render in flight, so few): a
+        single-field equality query, served by Firestore's automatic index."""
+        query = (self._client.collection(DAYS).document(day).collection(RESERVATIONS)
+                 .where(filter=FieldFilter("state", "==", ReservationState.HELD.value)))
+        return [Held(day, s.id, str(data.get("job_id", "")), data["created_at"])
+                for s in query.stream() if (data := s.to_dict() or {})]
 
     # -- figures -----------------------------------------------------------------------
     def figures(self, day: str, scope: Scope, warn_micros: int) -> DayFigures:

@@ -6,17 +6,22 @@ contention is per job (a few writers at most), so optimistic retries are cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import datetime as dt
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
-from aiprod.domain.job import STORED, Job
+from aiprod.domain.job import STORED, Job, JobStatus
 
 T = TypeVar("T")
 
 JOBS = "jobs"
+# The fields of the watchdog's query, in the order of its composite index
+# (terraform/firestore.tf, google_firestore_index.jobs_unmoved).
+UNMOVED_QUERY_FIELDS = ("status", "updated_at")
 
 
 class JobStore(Protocol):
@@ -28,6 +33,12 @@ class JobStore(Protocol):
 
     def mutate(self, job_id: str, change: Callable[[Job], T]) -> tuple[Job, T] | None:
         """Apply `change` to the job atomically; None if the job does not exist."""
+        ...
+
+    def unmoved(self, statuses: Sequence[JobStatus], before: dt.datetime, limit: int,
+                cursor: object | None = None) -> tuple[list[Job], object | None]:
+        """Jobs in `statuses` last updated before `before`, oldest first, `limit` at a
+        time; pass the returned cursor back for the next page (None: no more)."""
         ...
 
 
@@ -73,3 +84,18 @@ class FirestoreJobStore:
 
         outcome: tuple[Job, T] | None = run(self._client.transaction(max_attempts=20))
         return outcome
+
+    def unmoved(self, statuses: Sequence[JobStatus], before: dt.datetime, limit: int,
+                cursor: object | None = None) -> tuple[list[Job], object | None]:
+        # An `in` filter on status with a range and order on updated_at: production
+        # Firestore serves it only from the composite index (status, updated_at) in
+        # terraform/firestore.tf; the emulator needs none (tests/infra pins it).
+        status, updated = UNMOVED_QUERY_FIELDS
+        query = (self._jobs.where(filter=FieldFilter(status, "in", [s.value for s in statuses]))
+                 .where(filter=FieldFilter(updated, "<", before))
+                 .order_by(updated).limit(limit))
+        if isinstance(cursor, firestore.DocumentSnapshot):
+            query = query.start_after(cursor)
+        snapshots = list(query.stream())
+        jobs = [job_from_doc(s.to_dict() or {}) for s in snapshots]
+        return jobs, (snapshots[-1] if len(snapshots) == limit else None)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from aiprod.catalog import REPO_ROOT, Catalog, load_catalog
 from aiprod.config import Settings
 from aiprod.localstack.processes import ManagedProcess, free_port
@@ -152,6 +154,11 @@ class Stack:
             "AIPROD_TRANSIENT_RETRY_INITIAL_S": "0.2",
             "AIPROD_TRANSIENT_RETRY_BUDGET_S": "2",
             "AIPROD_RENDER_DEADLINE_S": "60",
+            # The watchdog every 10 s; a job that has not moved for 30 s (3 x the
+            # local subscriptions' 10 s maximum retry backoff) is re-driven, an open
+            # attempt only once its lease (10 + 60 + 60 = 130 s here) has run out too.
+            "AIPROD_WATCHDOG_INTERVAL_S": "10",
+            "AIPROD_WATCHDOG_STALE_S": "30",
         }
         passed = {k: v for k, v in os.environ.items()
                   if k.startswith("AIPROD_") and not k.startswith("AIPROD_DEV_")}
@@ -248,13 +255,28 @@ class Stack:
             path.write_text(value + "\n")
 
     def supervise(self) -> None:
-        """Like the platform starting a new instance: restart a function that dies."""
+        """Like the platform starting a new instance: restart a function that dies.
+        Like Cloud Scheduler: call the watchdog every AIPROD_WATCHDOG_INTERVAL_S."""
+        threading.Thread(target=self._watchdog_timer, name="watchdog-timer",
+                         daemon=True).start()
         while not self._stopping.wait(0.5):
             for function in self.functions.values():
                 if not function.alive() and not self._stopping.is_set():
                     function.restarts += 1
                     function.start()
                     self.write_state(ready=True)
+
+    def _watchdog_timer(self) -> None:
+        """POST to the watchdog function on its interval, as Cloud Scheduler does (a
+        failed call is not retried: the next tick runs it again)."""
+        interval = float(self.function_env["AIPROD_WATCHDOG_INTERVAL_S"])
+        url = self.functions["watchdog"].url
+        with httpx.Client(timeout=max(interval, 30.0)) as client:
+            while not self._stopping.wait(interval):
+                try:
+                    client.post(url)
+                except httpx.HTTPError:
+                    continue  # restarting, or a run longer than the timeout
 
     def stop(self) -> None:
         self._stopping.set()

@@ -85,7 +85,7 @@ def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
     """
     existing = rt.store.get(job_id)
     if existing is not None:
-        _ensure_dispatched(rt, existing)
+        ensure_dispatched(rt, existing)
         return Admitted(existing, created=False)
 
     decision = quote(rt, request, owner)
@@ -107,7 +107,7 @@ def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
     if not rt.store.create(job):  # a concurrent retry stored it first
         stored = rt.store.get(job_id)
         assert stored is not None
-        _ensure_dispatched(rt, stored)
+        ensure_dispatched(rt, stored)
         return Admitted(stored, created=False)
     log(logger, logging.INFO, "job admitted", job_id=job_id, plan=job.plan, owner=owner,
         estimated_cost_usd=job.estimated_cost_usd, correlation_id=correlation_id)
@@ -130,7 +130,7 @@ def stage_upload(rt: Runtime, job_id: str, data_uri: str) -> InputImage:
     return InputImage(uri=uri, sha256=sha256, mime_type=mime, bytes=len(data))
 
 
-def _ensure_dispatched(rt: Runtime, job: Job) -> None:
+def ensure_dispatched(rt: Runtime, job: Job) -> None:
     """A job still QUEUED with no attempt may have missed its dispatch: send it again.
 
     The render function claims attempts in a transaction, so a duplicate

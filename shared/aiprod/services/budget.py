@@ -67,20 +67,24 @@ def reserve(rt: Runtime, job: Job, index: int, amount_usd: float) -> str | None:
     return day if held else None
 
 
-def close(rt: Runtime, job: Job, index: int) -> None:
-    """Settle a succeeded attempt's cost or release any other attempt's hold. Idempotent.
-    An attempt whose stopped task's charge is not known yet keeps its hold until it is."""
+def close(rt: Runtime, job: Job, index: int) -> bool:
+    """Settle a succeeded attempt's cost or release any other attempt's hold. Idempotent:
+    True only for the call that closed it. An attempt whose stopped task's charge is not
+    known yet keeps its hold until it is."""
     attempt: Attempt = job.attempts[index]
     if attempt.reservation_day is None or not attempt.status.terminal or attempt.cost_pending:
-        return
+        return False
     rid = reservation_id(job, index)
     if attempt.status is AttemptStatus.SUCCEEDED or attempt.cost_usd > 0:
         if rt.ledger.settle(attempt.reservation_day, rid, budget.to_micros(attempt.cost_usd)):
             log(logger, logging.INFO, "budget settled", job_id=job.id, cost_usd=attempt.cost_usd)
             check_thresholds(rt, attempt.reservation_day)
+            return True
     elif rt.ledger.release(attempt.reservation_day, rid):
         log(logger, logging.INFO, "budget released", job_id=job.id,
             released_usd=attempt.estimated_cost_usd)
+        return True
+    return False
 
 
 def release_unsent(rt: Runtime, job: Job, index: int) -> None:

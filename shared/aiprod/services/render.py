@@ -87,7 +87,7 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
     if claim.kind in (ClaimKind.STALE, ClaimKind.DUPLICATE):
         return
     if claim.kind is ClaimKind.FINISHED:
-        _follow_up(rt, job, index)
+        follow_up(rt, job, index)
         return
     deadline = time.monotonic() + rt.settings.render_deadline_s
     if claim.kind is ClaimKind.UNKNOWN_OUTCOME:
@@ -433,11 +433,11 @@ def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError,
         error_message=error.message, next_backend=outcome.next_backend)
     telemetry.attempt_failed(job, index, outcome.next_backend)
     emit(rt, job, EventType.ATTEMPT_FAILED, attempt=index)
-    _follow_up(rt, job, index)
+    follow_up(rt, job, index)
 
 
 
-def _follow_up(rt: Runtime, job: Job, index: int) -> None:
+def follow_up(rt: Runtime, job: Job, index: int) -> None:
     """After attempt `index` ended: hand the job to its next backend, or announce its end.
 
     Runs again on redelivery, so a crash between the state change and the

@@ -93,3 +93,8 @@ def circuit(backend: str, state: str) -> None:
 def dead_lettered(subscription: str, job_id: str | None) -> None:
     metrics.count("messages_dead_lettered", job_id=job_id,
                   subscription=subscription.rsplit("/", 1)[-1])
+
+
+def watchdog_redriven(job_id: str, action: str) -> None:
+    """The watchdog moved a job that had stopped moving (a lost message, a dead process)."""
+    metrics.count("watchdog_redriven", job_id=job_id, action=action)
