@@ -130,9 +130,11 @@ locals {
   }
 
   # The SLOs: request-based distribution cuts on the custom service "aiprod".
-  slo_service_id      = "aiprod"
-  range_unbounded_min = -1.7976931348623157e308
-  range_unbounded_max = 1.7976931348623157e308
+  slo_service_id = "aiprod"
+  # The largest double, written as a string: checkov's HCL parser does not
+  # read exponent literals.
+  range_unbounded_min = -tonumber("1.7976931348623157e308")
+  range_unbounded_max = tonumber("1.7976931348623157e308")
   slos = {
     for s in local.monitoring.slos : s.name => {
       slo_id              = replace(s.name, "_", "-")

@@ -734,3 +734,47 @@ def test_monitoring_reads_monitoring_yaml(tf_config: tfconfig.Config, tmp_path: 
 def test_outputs(tf_config: tfconfig.Config) -> None:
     assert {"api_url", "intake_topic", "events_topic", "topics", "output_bucket"} <= set(
         tf_config.outputs)
+
+
+# --- Bootstrap, and the public API ---------------------------------------------------------
+
+PUBLIC_MEMBERS = {"allUsers", "allAuthenticatedUsers"}
+
+
+def public_bindings(deployment: Deployment) -> list[str]:
+    return [i.address for (rtype, rname) in deployment.config.resources
+            for i in deployment.instances(rtype, rname).values()
+            if "member" in i.body and i.get("member") in PUBLIC_MEMBERS]
+
+
+def test_api_public_is_the_only_way_to_grant_all_users(
+        deployment: Deployment, tf_config: tfconfig.Config, tmp_path: Path) -> None:
+    """Where an organisation policy (Domain Restricted Sharing,
+    iam.allowedPolicyMemberDomains) forbids allUsers, api_public = false must leave no
+    binding to it at all, or the apply fails."""
+    assert public_bindings(deployment) == [
+        "google_cloud_run_v2_service_iam_member.api_public[0]"]
+    private = Deployment(tf_config, tfconfig.evaluate_locals(
+        tf_config, tmp_path, {"project_id": PROJECT, "api_public": False}))
+    assert public_bindings(private) == []
+
+
+def test_the_deploying_guide_bootstraps_what_terraform_needs_first() -> None:
+    """Terraform enables APIs through Service Usage and edits IAM through Resource
+    Manager: both must be on before the first plan; the guide says so, in order."""
+    guide = (tfconfig.REPO / "docs" / "deploying.md").read_text()
+    enable = re.search(r"gcloud services enable ([^\n\\]+)", guide)
+    assert enable, "no bootstrap `gcloud services enable`"
+    assert {"serviceusage.googleapis.com", "cloudresourcemanager.googleapis.com"} <= set(
+        enable.group(1).split())
+    steps = ["gcloud services enable", "gcloud storage buckets create",
+             "gs://$DEPLOY_BUCKET/terraform.tfvars", "gcloud secrets versions add",
+             "terraform apply tfplan", "time_sleep.log_metrics_ready", "/healthz"]
+    positions = [guide.find(s) for s in steps]
+    assert -1 not in positions, dict(zip(steps, positions, strict=True))
+    assert positions == sorted(positions), "the guide's steps are out of order"
+    assert guide.find("gcloud services enable") < guide.find("terraform init")
+    for needed in ("iam.allowedPolicyMemberDomains", "api_public = false", "allUsers"):
+        assert needed in guide, needed
+    readme = (tfconfig.REPO / "README.md").read_text()
+    assert "docs/deploying.md" in readme
