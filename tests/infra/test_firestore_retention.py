@@ -43,7 +43,7 @@ def _constants(tree: ast.Module) -> dict[str, str]:
 
 
 def written_collections(root: Path = CODE) -> dict[str, set[str]]:
-    """Collection name -> the files that open it with .collection(...)."""
+    """Collection name -> the files (relative to root) that open it with .collection(...)."""
     modules = {path: ast.parse(path.read_text()) for path in sorted(root.rglob("*.py"))}
     constants: dict[str, str] = {}
     for tree in modules.values():
@@ -65,7 +65,7 @@ def written_collections(root: Path = CODE) -> dict[str, set[str]]:
             else:
                 raise AssertionError(f"{path}:{node.lineno}: a collection name the scan cannot "
                                      f"read ({ast.unparse(arg)}): use a module constant")
-            found.setdefault(name, set()).add(path.name)
+            found.setdefault(name, set()).add(str(path.relative_to(root)))
     return found
 
 
@@ -96,12 +96,14 @@ def test_every_written_collection_is_bounded_or_expires(deployment: Deployment) 
     assert not set(BOUNDED) - set(found), sorted(set(BOUNDED) - set(found))
 
 
-def test_ttl_fields_are_the_ones_the_code_sets() -> None:
-    """A TTL policy on a field the code never writes would expire nothing."""
-    from aiprod.adapters import ledger
-
-    assert "\"expires_at\": now + RESERVATION_TTL" in Path(ledger.__file__).read_text()
-    assert ledger.RESERVATION_TTL.days >= 2  # long after the UTC day it belongs to
+def test_ttl_fields_are_the_ones_the_code_sets(deployment: Deployment) -> None:
+    """A TTL policy on a field the code never writes would expire nothing: each file
+    that opens a TTL collection names the TTL field."""
+    found = written_collections()
+    for collection, ttl_field in ttl_policies(deployment).items():
+        for name in found.get(collection, set()):
+            assert f'"{ttl_field}"' in (CODE / name).read_text(), (
+                f"{name} writes {collection} without its TTL field {ttl_field}")
 
 
 def test_the_scan_is_not_vacuous(tmp_path: Path) -> None:
