@@ -10,6 +10,11 @@ locals {
     "cloudscheduler.googleapis.com", # runs the watchdog
     "firestore.googleapis.com",
     "iam.googleapis.com",
+    # IAM Service Account Credentials API: the API function signs download URLs
+    # with its own identity through projects.serviceAccounts.signBlob, which
+    # lives in this API (the IAM API's own signBlob is deprecated):
+    # https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/signBlob
+    "iamcredentials.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",
     "pubsub.googleapis.com",

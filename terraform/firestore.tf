@@ -1,5 +1,5 @@
 # Firestore (native mode): jobs, the budget ledger, backend health, idempotency
-# keys, hashed API keys and job events.
+# keys, hashed API keys and rate-limit counters.
 
 resource "google_firestore_database" "main" {
   name        = var.firestore_database
@@ -18,11 +18,16 @@ resource "google_firestore_database" "main" {
 # the timestamp in this field has passed. The field is exempt from indexing
 # (the empty index_config): nothing queries it, and an index on a steadily
 # increasing timestamp is a write hotspot.
+#
+# Every collection the code writes either has a TTL policy here or stays small
+# by construction; tests/infra/test_firestore_retention.py scans the code's
+# collection names against this list. A TTL policy names a collection group:
+# `reservations` covers budget_days/{day}/reservations of every day.
 locals {
   ttl_fields = {
     idempotency_keys = "expires_at" # Idempotency-Key records (24 h)
     rate_limits      = "expires_at" # per-key, per-minute request counters
-    events           = "expires_at" # old job events
+    reservations     = "expires_at" # budget holds, 8 days after they were taken
   }
 }
 

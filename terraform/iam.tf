@@ -9,12 +9,23 @@
 #   message to a dead-letter topic takes;
 # - functions are built by a dedicated build service account.
 
-data "google_project" "this" {
-  project_id = var.project_id
+# The Pub/Sub service agent (service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com)
+# is created lazily by Google, so in a fresh project it may not exist yet when
+# the dead-letter bindings below name it, and IAM refuses a binding to an
+# account that does not exist. Creating it explicitly (google-beta only) makes
+# it exist first; its `member` gives every binding an implicit dependency on it.
+# https://registry.terraform.io/providers/hashicorp/google-beta/latest/docs/resources/project_service_identity
+resource "google_project_service_identity" "pubsub" {
+  provider = google-beta
+
+  project = var.project_id
+  service = "pubsub.googleapis.com"
+
+  depends_on = [google_project_service.api["pubsub.googleapis.com"]]
 }
 
 locals {
-  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  pubsub_service_agent = google_project_service_identity.pubsub.member
 }
 
 # --- Runtime identities ---------------------------------------------------------
@@ -109,7 +120,7 @@ resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = local.pubsub_service_agent
 
-  depends_on = [google_project_service.api["pubsub.googleapis.com"]]
+  depends_on = [google_project_service_identity.pubsub]
 }
 
 # The API authenticates callers with AIPROD API keys, so Cloud Run lets anyone
@@ -133,7 +144,7 @@ resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
   role   = "roles/pubsub.publisher"
   member = local.pubsub_service_agent
 
-  depends_on = [google_project_service.api["pubsub.googleapis.com"]]
+  depends_on = [google_project_service_identity.pubsub]
 }
 
 resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
@@ -142,6 +153,8 @@ resource "google_pubsub_subscription_iam_member" "dead_letter_subscriber" {
   subscription = google_pubsub_subscription.push[each.key].id
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
+
+  depends_on = [google_project_service_identity.pubsub]
 }
 
 # --- Builds -------------------------------------------------------------------------

@@ -44,6 +44,22 @@ resource "google_logging_metric" "metric" {
   depends_on = [google_project_service.api]
 }
 
+# A new log-based metric cannot be named by an alert policy or SLO at once: the
+# API answers 404 "Cannot find metric(s) ... it could take up to 10 minutes to
+# become available" (https://github.com/hashicorp/terraform-provider-google/issues/11102).
+# So on the first apply, and whenever the set of metrics changes (the trigger),
+# wait before creating what uses them. Later applies that change no metric do
+# not wait.
+resource "time_sleep" "log_metrics_ready" {
+  create_duration = local.log_metrics_wait
+
+  triggers = {
+    metrics = join(",", sort([for m in google_logging_metric.metric : m.id]))
+  }
+
+  depends_on = [google_logging_metric.metric]
+}
+
 resource "google_monitoring_alert_policy" "alert" {
   for_each = local.alert_policies
 
@@ -104,7 +120,7 @@ resource "google_monitoring_alert_policy" "alert" {
     mime_type = "text/markdown"
   }
 
-  depends_on = [google_logging_metric.metric]
+  depends_on = [time_sleep.log_metrics_ready]
 }
 
 resource "google_monitoring_custom_service" "aiprod" {
@@ -137,12 +153,12 @@ resource "google_monitoring_slo" "slo" {
     }
   }
 
-  depends_on = [google_logging_metric.metric]
+  depends_on = [time_sleep.log_metrics_ready]
 }
 
 resource "google_monitoring_dashboard" "main" {
   project        = var.project_id
   dashboard_json = jsonencode(local.dashboard)
 
-  depends_on = [google_logging_metric.metric]
+  depends_on = [time_sleep.log_metrics_ready]
 }

@@ -17,15 +17,42 @@ locals {
   metric_resource = local.monitoring.resource_type
   metric_logger   = "aiprod.metrics"
 
-  metrics      = { for m in local.monitoring.metrics : m.name => m }
-  metric_types = { for name, m in local.metrics : name => "logging.googleapis.com/user/${local.metric_prefix}${name}" }
+  # How long monitoring.tf waits after creating log-based metrics before it
+  # creates the alert policies, SLOs and dashboard that name them ("up to 10
+  # minutes", terraform-provider-google#11102).
+  log_metrics_wait = "600s"
+
+  metrics = { for m in local.monitoring.metrics : m.name => m }
+  # Metrics Google Cloud writes itself (Pub/Sub, Cloud Run), named by type.
+  builtin_metrics = { for m in try(local.monitoring.builtin_metrics, []) : m.name => m }
+  metric_types = merge(
+    { for name, m in local.metrics : name => "logging.googleapis.com/user/${local.metric_prefix}${name}" },
+    { for name, m in local.builtin_metrics : name => m.type },
+  )
   # The log lines of one metric (the log-based metric's filter).
   metric_lines = {
     for name, m in local.metrics : name => "resource.type=\"${local.metric_resource}\" AND jsonPayload.logger=\"${local.metric_logger}\" AND jsonPayload.metric=\"${name}\""
   }
   # The time series of one metric (alert, SLO and chart filters).
-  metric_series = {
-    for name, m in local.metrics : name => "metric.type=\"${local.metric_types[name]}\" AND resource.type=\"${local.metric_resource}\""
+  metric_series = merge(
+    { for name, m in local.metrics : name => "metric.type=\"${local.metric_types[name]}\" AND resource.type=\"${local.metric_resource}\"" },
+    { for name, m in local.builtin_metrics : name => "metric.type=\"${m.type}\" AND resource.type=\"${m.resource_type}\"" },
+  )
+  # Where each label of a metric is read in a time series filter or group-by.
+  label_paths = merge(
+    { for name, m in local.metrics : name => { for label in m.labels : label => "metric.label.${label}" } },
+    { for name, m in local.builtin_metrics : name => merge(
+      { for label in try(m.labels, []) : label => "metric.label.${label}" },
+      { for label in try(m.resource_labels, []) : label => "resource.label.${label}" },
+    ) },
+  )
+
+  # Thresholds monitoring.yaml writes {setting: NAME}: the same variables that set
+  # the functions' AIPROD_DAILY_BUDGET_USD / AIPROD_DAILY_BUDGET_WARN_USD
+  # (topology.tf), so alerts fire where the functions refuse.
+  monitoring_settings = {
+    daily_budget_usd      = var.daily_budget_usd
+    daily_budget_warn_usd = var.daily_budget_warn_usd
   }
 
   # One log-based metric per metric: counters count lines, distributions and
@@ -55,9 +82,23 @@ locals {
     mean = { aligner = "ALIGN_DELTA", reducer = "REDUCE_MEAN" }
     sum  = { aligner = "ALIGN_DELTA", reducer = "REDUCE_SUM" }
     rate = { aligner = "ALIGN_RATE", reducer = "REDUCE_SUM" }
+    # Built-in GAUGE metrics (not log-based): the highest value in the window.
+    max = { aligner = "ALIGN_MAX", reducer = "REDUCE_MAX" }
   }
   # For a condition on each point (a log-match alert): the logging query's operator.
   point_operators = { at_least = ">=", above = ">", below = "<" }
+
+  # Each alert's comparison (above, below or at_least) and its threshold, a number
+  # or a setting's value.
+  alert_comparisons = {
+    for a in local.monitoring.alerts : a.name => [for op in ["above", "below", "at_least"] : op if lookup(a.condition, op, null) != null][0]
+  }
+  alert_thresholds = {
+    for a in local.monitoring.alerts : a.name => try(
+      local.monitoring_settings[a.condition[local.alert_comparisons[a.name]].setting],
+      a.condition[local.alert_comparisons[a.name]],
+    )
+  }
 
   alert_policies = {
     for a in local.monitoring.alerts : a.name => {
@@ -71,25 +112,29 @@ locals {
       matched_log = a.condition.aggregate != "each" ? [] : [{
         filter = join(" AND ", concat(
           [local.metric_lines[a.metric]],
-          [for op, sign in local.point_operators : "jsonPayload.value${sign}${lookup(a.condition, op, 0)}" if lookup(a.condition, op, null) != null],
+          ["jsonPayload.value${local.point_operators[local.alert_comparisons[a.name]]}${local.alert_thresholds[a.name]}"],
           [for k, v in try(a.condition.filter, {}) : "jsonPayload.metric_labels.${k}=\"${v}\""],
         ))
       }]
       # Anything else -> a threshold on the log-based metric's time series.
       threshold = a.condition.aggregate == "each" ? [] : [{
-        filter          = join("", concat([local.metric_series[a.metric]], [for k, v in try(a.condition.filter, {}) : " AND metric.label.${k}=\"${v}\""]))
-        comparison      = lookup(a.condition, "above", null) != null ? "COMPARISON_GT" : "COMPARISON_LT"
-        threshold_value = lookup(a.condition, "above", null) != null ? a.condition.above : a.condition.below
+        filter          = join("", concat([local.metric_series[a.metric]], [for k, v in try(a.condition.filter, {}) : " AND ${local.label_paths[a.metric][k]}=\"${v}\""]))
+        comparison      = local.alert_comparisons[a.name] == "above" ? "COMPARISON_GT" : "COMPARISON_LT"
+        threshold_value = local.alert_thresholds[a.name]
         window          = "${try(a.condition.window_s, 3600)}s"
         aligner         = local.aggregations[a.condition.aggregate].aligner
         reducer         = local.aggregations[a.condition.aggregate].reducer
-        group_by        = [for label in try(a.condition.group_by, []) : "metric.label.${label}"]
+        group_by        = [for label in try(a.condition.group_by, []) : local.label_paths[a.metric][label]]
       }]
     }
   }
 
   # The SLOs: request-based distribution cuts on the custom service "aiprod".
   slo_service_id = "aiprod"
+  # The largest double, written as a string: checkov's HCL parser does not
+  # read exponent literals.
+  range_unbounded_min = -tonumber("1.7976931348623157e308")
+  range_unbounded_max = tonumber("1.7976931348623157e308")
   slos = {
     for s in local.monitoring.slos : s.name => {
       slo_id              = replace(s.name, "_", "-")
@@ -99,8 +144,13 @@ locals {
       rolling_period_days = s.rolling_days
       distribution_filter = local.metric_series[s.metric]
       # good: {below: X} is [-inf, X); good: {at_least: X} is [X, +inf).
-      range_min = lookup(s.good, "at_least", null)
-      range_max = lookup(s.good, "below", null)
+      # Both ends are always explicit: the provider sends 0 for an unset end,
+      # and the API refuses a range [0.6, 0] ("the minimum of the range ...
+      # must be less than its maximum"). The largest double stands for
+      # infinity, the documented workaround of
+      # https://github.com/hashicorp/terraform-provider-google/issues/9453
+      range_min = lookup(s.good, "at_least", local.range_unbounded_min)
+      range_max = lookup(s.good, "below", local.range_unbounded_max)
     }
   }
 

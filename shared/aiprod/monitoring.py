@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,11 +28,15 @@ RESERVED_LABELS = frozenset({"severity", "message", "time", "logger", "metric", 
                              "metric_labels", "job_id"})
 
 MetricKind = Literal["counter", "distribution", "gauge"]
-Aggregate = Literal["each", "p50", "p95", "p99", "mean", "sum", "rate"]
+Aggregate = Literal["each", "p50", "p95", "p99", "mean", "sum", "rate", "max"]
 PERCENTILES = {"p50": 50, "p95": 95, "p99": 99}
 # Which aggregates apply to which kinds of metric.
 VALUE_AGGREGATES = frozenset({"p50", "p95", "p99", "mean"})
 COUNT_AGGREGATES = frozenset({"sum", "rate"})
+GAUGE_AGGREGATES = frozenset({"max"})  # built-in GAUGE metrics (ALIGN_MAX)
+# Settings a threshold may name ({setting: NAME}): Terraform substitutes the
+# variables that also set the functions' environment, `aiprod slo` the Settings.
+THRESHOLD_SETTINGS = frozenset({"daily_budget_usd", "daily_budget_warn_usd"})
 
 
 DEFAULT_MONITORING_PATH = root_file("monitoring.yaml")
@@ -72,12 +77,61 @@ class Metric(_Strict):
         return self.kind != "counter"
 
 
+class BuiltinMetric(_Strict):
+    """A metric Google Cloud itself writes (Pub/Sub, Cloud Run), named by its type.
+
+    Alerts may use it; the code does not emit it, so `docs` must point at Google's
+    list of built-in metrics that defines it."""
+
+    name: str
+    type: str = Field(pattern=r"^[a-z]+\.googleapis\.com/[a-z_/]+$")
+    resource_type: str = Field(min_length=1)
+    kind: Literal["counter", "gauge"]
+    unit: str = Field(min_length=1)
+    labels: tuple[str, ...] = ()  # metric labels (metric.label.X)
+    resource_labels: tuple[str, ...] = ()  # monitored-resource labels (resource.label.X)
+    docs: str = Field(pattern=r"^https://cloud\.google\.com/monitoring/api/metrics_gcp")
+    description: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> BuiltinMetric:
+        if not NAME.fullmatch(self.name):
+            raise ValueError(f"built-in metric name {self.name!r} must be lower_snake_case")
+        if self.type.startswith("logging.googleapis.com/user/"):
+            raise ValueError(f"{self.name}: a log-based metric belongs in metrics")
+        return self
+
+    @property
+    def has_values(self) -> bool:
+        return self.kind == "gauge"
+
+    @property
+    def all_labels(self) -> tuple[str, ...]:
+        return self.labels + self.resource_labels
+
+
+class SettingRef(_Strict):
+    """A threshold taken from a deployment setting, e.g. {setting: daily_budget_usd}."""
+
+    setting: str
+
+    @model_validator(mode="after")
+    def _known(self) -> SettingRef:
+        if self.setting not in THRESHOLD_SETTINGS:
+            raise ValueError(f"threshold setting {self.setting!r} is not one of "
+                             f"{sorted(THRESHOLD_SETTINGS)}")
+        return self
+
+
+Threshold = float | SettingRef
+
+
 class Condition(_Strict):
     aggregate: Aggregate
     window_s: int = Field(default=3600, ge=60, le=86400)
-    above: float | None = None
-    below: float | None = None
-    at_least: float | None = None
+    above: Threshold | None = None
+    below: Threshold | None = None
+    at_least: Threshold | None = None
     group_by: tuple[str, ...] = ()
     filter: dict[str, str] = Field(default_factory=dict)
 
@@ -96,7 +150,16 @@ class Condition(_Strict):
     @property
     def threshold(self) -> float:
         value = next(c for c in (self.above, self.below, self.at_least) if c is not None)
+        if isinstance(value, SettingRef):
+            raise ValueError(f"threshold {{setting: {value.setting}}} is unresolved: "
+                             "use MonitoringSpec.with_settings")
         return value
+
+    @property
+    def setting(self) -> str | None:
+        """The setting the threshold comes from, if it is symbolic."""
+        value = next(c for c in (self.above, self.below, self.at_least) if c is not None)
+        return value.setting if isinstance(value, SettingRef) else None
 
     @property
     def comparison(self) -> Literal["above", "below", "at_least"]:
@@ -184,13 +247,14 @@ class MonitoringSpec(_Strict):
     prefix: str = Field(pattern=r"^[a-z][a-z0-9_]*_$")
     resource_type: str
     metrics: tuple[Metric, ...]
+    builtin_metrics: tuple[BuiltinMetric, ...] = ()
     alerts: tuple[Alert, ...]
     slos: tuple[Slo, ...]
     dashboard: Dashboard
 
     @model_validator(mode="after")
     def _consistent(self) -> MonitoringSpec:
-        names = [m.name for m in self.metrics]
+        names = [m.name for m in self.metrics] + [m.name for m in self.builtin_metrics]
         if len(set(names)) != len(names):
             raise ValueError("metric names repeat")
         for kind, items in (("alert", [a.name for a in self.alerts]),
@@ -201,10 +265,19 @@ class MonitoringSpec(_Strict):
             metric = self._metric(alert.metric, f"alert {alert.name}")
             self._check_query(metric, alert.condition.aggregate, alert.condition.group_by,
                               alert.condition.filter, f"alert {alert.name}")
+            if isinstance(metric, BuiltinMetric) and alert.condition.aggregate == "each":
+                raise ValueError(f"alert {alert.name}: aggregate each reads the code's log "
+                                 f"lines; {metric.name} is a built-in metric")
             if alert.condition.aggregate in PERCENTILES:
+                if alert.condition.setting is not None:
+                    raise ValueError(f"alert {alert.name}: a percentile threshold must be a "
+                                     "bucket bound, not a setting")
+                assert isinstance(metric, Metric)
                 self._on_bound(metric, alert.condition.threshold, f"alert {alert.name}")
         for slo in self.slos:
             metric = self._metric(slo.metric, f"slo {slo.name}")
+            if isinstance(metric, BuiltinMetric):
+                raise ValueError(f"slo {slo.name}: SLOs cut the code's own distributions")
             if not metric.has_values:
                 raise ValueError(f"slo {slo.name}: {metric.name} is a counter; an SLO cuts a "
                                  "distribution")
@@ -218,21 +291,28 @@ class MonitoringSpec(_Strict):
                     raise ValueError(f"widget {widget.title!r}: charts aggregate (not each)")
         return self
 
-    def _metric(self, name: str, where: str) -> Metric:
-        for metric in self.metrics:
+    def _metric(self, name: str, where: str) -> Metric | BuiltinMetric:
+        candidates: list[Metric | BuiltinMetric] = [*self.metrics, *self.builtin_metrics]
+        for metric in candidates:
             if metric.name == name:
                 return metric
-        raise ValueError(f"{where}: no metric {name!r} in metrics")
+        raise ValueError(f"{where}: no metric {name!r} in metrics or builtin_metrics")
 
     @staticmethod
-    def _check_query(metric: Metric, aggregate: str, group_by: tuple[str, ...],
+    def _check_query(metric: Metric | BuiltinMetric, aggregate: str, group_by: tuple[str, ...],
                      filter_: dict[str, str], where: str) -> None:
+        builtin = isinstance(metric, BuiltinMetric)
         if aggregate in VALUE_AGGREGATES and not metric.has_values:
             raise ValueError(f"{where}: {aggregate} of {metric.name}, a counter")
+        if aggregate in VALUE_AGGREGATES and builtin:
+            raise ValueError(f"{where}: {aggregate} of {metric.name}, not a distribution")
         if aggregate in COUNT_AGGREGATES and metric.has_values:
             raise ValueError(f"{where}: {aggregate} of {metric.name}, a {metric.kind}: "
                              "counters only")
-        unknown = (set(group_by) | set(filter_)) - set(metric.labels)
+        if aggregate in GAUGE_AGGREGATES and not (builtin and metric.kind == "gauge"):
+            raise ValueError(f"{where}: {aggregate} is for built-in gauges only")
+        labels = metric.all_labels if isinstance(metric, BuiltinMetric) else metric.labels
+        unknown = (set(group_by) | set(filter_)) - set(labels)
         if unknown:
             raise ValueError(f"{where}: {metric.name} has no label {sorted(unknown)}")
 
@@ -244,7 +324,27 @@ class MonitoringSpec(_Strict):
 
     # -- lookups -------------------------------------------------------------------
     def metric(self, name: str) -> Metric:
-        return self._metric(name, "lookup")
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise ValueError(f"no metric {name!r} in metrics")
+
+    def builtin(self, name: str) -> BuiltinMetric | None:
+        return next((m for m in self.builtin_metrics if m.name == name), None)
+
+    def with_settings(self, settings: Any) -> MonitoringSpec:
+        """The same spec with every {setting: NAME} threshold replaced by that setting's
+        value (`settings`: an aiprod.config.Settings, or a mapping of names to values)."""
+        values: Mapping[str, Any] = settings if isinstance(settings, Mapping) else {
+            name: getattr(settings, name) for name in THRESHOLD_SETTINGS}
+
+        def resolved(value: Threshold | None) -> float | None:
+            return float(values[value.setting]) if isinstance(value, SettingRef) else value
+
+        alerts = tuple(alert.model_copy(update={"condition": alert.condition.model_copy(
+            update={op: resolved(getattr(alert.condition, op))
+                    for op in ("above", "below", "at_least")})}) for alert in self.alerts)
+        return self.model_copy(update={"alerts": alerts})
 
     def alert(self, name: str) -> Alert:
         return next(a for a in self.alerts if a.name == name)
@@ -253,8 +353,10 @@ class MonitoringSpec(_Strict):
         return next(s for s in self.slos if s.name == name)
 
     def metric_type(self, name: str) -> str:
-        """The Cloud Monitoring metric type of a log-based metric (as Terraform names it)."""
-        return f"logging.googleapis.com/user/{self.prefix}{name}"
+        """The Cloud Monitoring metric type (as Terraform names it): a log-based metric's,
+        or a built-in metric's own."""
+        builtin = self.builtin(name)
+        return builtin.type if builtin else f"logging.googleapis.com/user/{self.prefix}{name}"
 
     def referenced_metrics(self) -> dict[str, set[str]]:
         """Metric name -> what names it (alerts, SLOs, dashboard widgets)."""

@@ -89,6 +89,8 @@ def aggregate(samples: Iterable[Sample], alert: Alert) -> dict[Group, float]:
             out[key] = percentile(values, PERCENTILES[condition.aggregate])
         elif condition.aggregate == "mean":
             out[key] = sum(values) / len(values)
+        elif condition.aggregate == "max":
+            out[key] = max(values)
         elif condition.aggregate in ("sum", "rate"):
             total = float(sum(values))
             out[key] = total / condition.window_s if condition.aggregate == "rate" else total

@@ -14,6 +14,7 @@ from rich.table import Table
 from aiprod import monitoring, slo
 from aiprod.catalog import load_catalog
 from aiprod.cli_support import firestore_client
+from aiprod.config import get_settings
 
 console = Console()
 
@@ -43,7 +44,9 @@ def slo_command(as_json: bool, monitoring_path: Path, since: str | None, project
                 database: str | None) -> None:
     """SLIs, error budgets left and alert policies that would fire now, from the job
     records (Firestore jobs and today's budget ledger)."""
-    spec = monitoring.parse(monitoring_path.read_text())
+    # Thresholds written {setting: NAME} take this deployment's values (the same
+    # AIPROD_DAILY_BUDGET_* the functions read).
+    spec = monitoring.parse(monitoring_path.read_text()).with_settings(get_settings())
     now = dt.datetime.now(dt.UTC)
     start = _when(since)
     client, where = firestore_client(project, database)

@@ -27,3 +27,9 @@ def deployment(tf_config: tfconfig.Config, evaluated: tfconfig.Evaluated) -> tfc
 @pytest.fixture(scope="session")
 def google_schema() -> provider_schema.ProviderSchema:
     return provider_schema.load()
+
+
+@pytest.fixture(scope="session")
+def provider_schemas() -> dict[str, provider_schema.ProviderSchema]:
+    """Every provider versions.tf requires, by its local name (google, google-beta, time)."""
+    return {name: provider_schema.load(source) for name, source in provider_schema.SOURCES.items()}

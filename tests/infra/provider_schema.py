@@ -1,16 +1,20 @@
-"""The google Terraform provider's schema, offline.
+"""The Terraform providers' schemas (google, google-beta, time), offline.
 
-`terraform validate` needs the provider binary from the Terraform registry, which
-is out of reach here. The same schema ships on PyPI inside the jsii assembly of
-`cdktn-provider-google` (CDK Terrain's prebuilt bindings): each resource class
-has a `<Class>Config` struct whose properties are the resource's arguments, and
-a nested block is a property whose type points at another struct.
+`terraform validate` needs the provider binaries from the Terraform registry,
+which are out of reach here. The same schemas ship on PyPI inside the jsii
+assemblies of CDK Terrain's prebuilt bindings (`cdktn-provider-google`,
+`cdktn-provider-google-beta`, `cdktn-provider-time`): each resource class has a
+`<Class>Config` struct whose properties are the resource's arguments, and a
+nested block is a property whose type points at another struct. Each class's
+documentation links the registry page of the provider version it was generated
+from, which is how the version is read.
 
-The wheel is 67 MB (233 MB unpacked, plus the jsii/cdktn runtime it depends on),
-so it is not a dev dependency: on first use `pip download --no-deps` fetches it
-into a temporary folder, and the few hundred kilobytes this module needs are
-distilled into a JSON file in the cache folder (``$AIPROD_INFRA_CACHE`` or
-``~/.cache/aiprod-infra``). Later runs read only that file.
+The google wheels are ~70 MB each (233 MB unpacked, plus the jsii/cdktn runtime
+they depend on), so they are not dev dependencies: on first use `pip download
+--no-deps` fetches a wheel into a temporary folder, and the few hundred
+kilobytes this module needs are distilled into a JSON file in the cache folder
+(``$AIPROD_INFRA_CACHE`` or ``~/.cache/aiprod-infra``). Later runs read only
+that file.
 """
 
 from __future__ import annotations
@@ -28,14 +32,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CDKTN_PROVIDER_GOOGLE = "21.1.0"
-GOOGLE_PROVIDER = "8.7.0"  # the provider version those bindings were generated from
-_PREFIX = "@cdktn/provider-google."
-_JSII_MEMBER = f"cdktn_provider_google/_jsii/provider-google@{CDKTN_PROVIDER_GOOGLE}.jsii.tgz"
-_DOC_LINK = re.compile(r"docs/(resources|data-sources)/\S+ (google_\w+)\}")
+
+@dataclass(frozen=True)
+class Source:
+    """One provider's schema source: a cdktn wheel on PyPI."""
+
+    name: str  # the provider's local name in required_providers
+    source: str  # its registry address
+    package: str  # the PyPI distribution
+    package_version: str
+    provider_version: str  # the provider release those bindings were generated from
+    npm: str  # the jsii module name: @cdktn/provider-x
+    provider_struct: str  # the provider block's arguments, within the module
+    resource_prefix: str  # the provider's resource type prefix: google_, time_
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.npm}."
+
+    @property
+    def jsii_member(self) -> str:
+        module = self.package.replace("-", "_")
+        return f"{module}/_jsii/{self.npm.split('/')[1]}@{self.package_version}.jsii.tgz"
+
+    @property
+    def doc_link(self) -> re.Pattern[str]:
+        return re.compile(rf"{re.escape(self.source)}/[\d.]+/docs/(resources|data-sources)/\S+ "
+                          rf"({self.resource_prefix}\w+)\}}")
+
+    @property
+    def version_link(self) -> re.Pattern[str]:
+        return re.compile(rf"{re.escape(self.source)}/(\d+\.\d+\.\d+)/docs")
+
+
+GOOGLE = Source("google", "hashicorp/google", "cdktn-provider-google", "21.1.0", "8.7.0",
+                "@cdktn/provider-google", "provider.GoogleProviderConfig", "google_")
+# google-beta: google_project_service_identity exists only there (iam.tf).
+GOOGLE_BETA = Source("google-beta", "hashicorp/google-beta", "cdktn-provider-google-beta",
+                     "21.1.0", "8.7.0", "@cdktn/provider-google-beta",
+                     "provider.GoogleBetaProviderConfig", "google_")
+# time: time_sleep between log-based metrics and what uses them (monitoring.tf).
+TIME = Source("time", "hashicorp/time", "cdktn-provider-time", "14.0.2", "0.14.2",
+              "@cdktn/provider-time", "provider.TimeProviderConfig", "time_")
+SOURCES = {s.name: s for s in (GOOGLE, GOOGLE_BETA, TIME)}
+
+# Kept for callers that only know the google provider.
+CDKTN_PROVIDER_GOOGLE = GOOGLE.package_version
+GOOGLE_PROVIDER = GOOGLE.provider_version
 _ARG_ANCHOR = re.compile(r"#(\w+) \w+#\w+\}")
-_PROVIDER_VERSION = re.compile(r"hashicorp/google/(\d+\.\d+\.\d+)/docs")
-_FORMAT = 2  # bump when distil() changes what it writes
+_FORMAT = 3  # bump when distil() changes what it writes
 
 
 @dataclass(frozen=True)
@@ -73,12 +118,13 @@ def cache_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "aiprod-infra"
 
 
-def load() -> ProviderSchema:
+def load(source: Source = GOOGLE) -> ProviderSchema:
     """The distilled schema, built (and cached) from the wheel on first use."""
-    path = cache_dir() / f"google-provider-schema-cdktn-{CDKTN_PROVIDER_GOOGLE}-v{_FORMAT}.json"
+    path = cache_dir() / (f"{source.name}-provider-schema-cdktn-{source.package_version}"
+                          f"-v{_FORMAT}.json")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        distilled = distil(_read_assembly(_download_wheel()))
+        distilled = distil(_read_assembly(_download_wheel(source)), source)
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(distilled, sort_keys=True))
         partial.replace(path)
@@ -95,17 +141,17 @@ def load() -> ProviderSchema:
     )
 
 
-def _download_wheel() -> bytes:
+def _download_wheel(source: Source) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
              "--disable-pip-version-check", "--dest", tmp,
-             f"cdktn-provider-google=={CDKTN_PROVIDER_GOOGLE}"],
+             f"{source.package}=={source.package_version}"],
             check=True, capture_output=True, text=True, timeout=600,
         )
-        (wheel,) = Path(tmp).glob("cdktn_provider_google-*.whl")
+        (wheel,) = Path(tmp).glob(f"{source.package.replace('-', '_')}-*.whl")
         with zipfile.ZipFile(wheel) as archive:
-            return archive.read(_JSII_MEMBER)
+            return archive.read(source.jsii_member)
 
 
 def _read_assembly(tgz: bytes) -> dict[str, Any]:
@@ -136,7 +182,7 @@ def _argument_name(prop: dict[str, Any]) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", prop["name"]).lower()
 
 
-def _exports(types: dict[str, Any], fqn: str, depth: int = 0) -> dict[str, Any]:
+def _exports(types: dict[str, Any], fqn: str, prefix: str, depth: int = 0) -> dict[str, Any]:
     """Attribute names readable on a resource class or a block's OutputReference."""
     out: dict[str, Any] = {}
     for prop in types[fqn].get("properties", []):
@@ -147,17 +193,17 @@ def _exports(types: dict[str, Any], fqn: str, depth: int = 0) -> dict[str, Any]:
             continue
         nested: dict[str, Any] | None = None
         for ref in _struct_refs(prop["type"]):
-            if not ref.startswith(_PREFIX) or depth > 8:
+            if not ref.startswith(prefix) or depth > 8:
                 continue
             if ref.endswith("List"):  # list of blocks: elements are OutputReferences
                 ref = ref[: -len("List")] + "OutputReference"
             if ref.endswith("OutputReference") and ref in types:
-                nested = _exports(types, ref, depth + 1)
+                nested = _exports(types, ref, prefix, depth + 1)
         out[re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()] = nested
     return out
 
 
-def distil(assembly: dict[str, Any]) -> dict[str, Any]:
+def distil(assembly: dict[str, Any], source: Source = GOOGLE) -> dict[str, Any]:
     types: dict[str, Any] = assembly["types"]
     resources: dict[str, str] = {}
     data_sources: dict[str, str] = {}
@@ -166,15 +212,16 @@ def distil(assembly: dict[str, Any]) -> dict[str, Any]:
     versions: set[str] = set()
     for fqn, spec in types.items():
         summary = spec.get("docs", {}).get("summary", "")
-        link = _DOC_LINK.search(summary)
+        link = source.doc_link.search(summary)
         if spec.get("kind") != "class" or not link or f"{fqn}Config" not in types:
             continue
-        versions.update(_PROVIDER_VERSION.findall(summary))
+        versions.update(source.version_link.findall(summary))
         table = resources if link.group(1) == "resources" else data_sources
         table[link.group(2)] = f"{fqn}Config"
-        (exports if table is resources else data_exports)[link.group(2)] = _exports(types, fqn)
+        (exports if table is resources else data_exports)[link.group(2)] = _exports(
+            types, fqn, source.prefix)
 
-    provider = f"{_PREFIX}provider.GoogleProviderConfig"
+    provider = f"{source.prefix}{source.provider_struct}"
     structs: dict[str, Any] = {}
     pending = [provider, *resources.values(), *data_sources.values()]
     while pending:
@@ -186,7 +233,7 @@ def distil(assembly: dict[str, Any]) -> dict[str, Any]:
         for prop in types[fqn].get("properties", []):
             required = not prop.get("optional", False)
             nested = [ref for ref in _struct_refs(prop["type"])
-                      if ref.startswith(_PREFIX) and types.get(ref, {}).get("datatype")]
+                      if ref.startswith(source.prefix) and types.get(ref, {}).get("datatype")]
             name = _argument_name(prop)
             if nested:
                 blocks[name] = (required, nested[0])

@@ -16,8 +16,8 @@ from tests.infra import tfconfig
 
 BUILD = yaml.safe_load((tfconfig.REPO / "cloudbuild.yaml").read_text())
 STEPS: list[dict[str, Any]] = BUILD["steps"]
-ORDER = ["install", "lint", "test", "package", "upload", "terraform-init", "terraform-plan",
-         "terraform-apply"]
+ORDER = ["install", "lint", "test", "package", "upload", "terraform-init", "terraform-vars",
+         "terraform-plan", "terraform-apply"]
 EMULATORS_IMAGE = "gcr.io/google.com/cloudsdktool/google-cloud-cli:emulators"
 
 
@@ -57,7 +57,9 @@ def test_images() -> None:
     assert f"v{version}" in local.splitlines()[0]
     for step_id in ("install", "lint", "test", "package"):
         assert step(step_id)["name"] == EMULATORS_IMAGE, step_id  # gcloud, Java, emulators
-    assert step("upload")["name"].startswith("gcr.io/google.com/cloudsdktool/google-cloud-cli")
+    for step_id in ("upload", "terraform-vars"):
+        assert step(step_id)["name"].startswith(
+            "gcr.io/google.com/cloudsdktool/google-cloud-cli"), step_id
 
 
 def test_tests_run_with_the_emulators_and_terraform() -> None:
@@ -100,18 +102,88 @@ def test_plan_is_saved_and_applied_as_planned() -> None:
     assert "terraform apply -input=false tfplan" in command("terraform-apply")
 
 
+def stand_in(tmp_path: Path, name: str, body: str) -> dict[str, str]:
+    """An executable `name` on PATH that records its arguments in tmp_path/calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / name
+    fake.write_text(f'#!/bin/sh\necho "{name} $@" >> {tmp_path / "calls"}\n{body}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def run_step(step_id: str, tmp_path: Path, env: dict[str, str], branch: str = "main",
+             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    s = step(step_id)
+    script = substitute(s["args"][-1], {"BRANCH_NAME": branch, "_DEPLOY_BUCKET": "my-deploy"})
+    return subprocess.run([s["entrypoint"], *s["args"][:-1], script], env=env,
+                          capture_output=True, text=True, cwd=cwd or tmp_path)
+
+
+def calls(tmp_path: Path) -> str:
+    return (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+
+
 @pytest.mark.parametrize(("branch", "applies"), [("main", True), ("feature/x", False),
                                                  ("", False), ("main-2", False)])
 def test_apply_runs_only_on_main(tmp_path: Path, branch: str, applies: bool) -> None:
     """Run the apply step's script with a stand-in terraform that records its arguments."""
-    fake = tmp_path / "terraform"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    apply = step("terraform-apply")
-    assert apply["entrypoint"] == "sh"
-    script = substitute(apply["args"][-1], {"BRANCH_NAME": branch})
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    run = subprocess.run(["sh", "-ceu", script], env=env, capture_output=True, text=True)
+    env = stand_in(tmp_path, "terraform", "")
+    assert step("terraform-apply")["entrypoint"] == "sh"
+    (tmp_path / "deploy.tfvars").write_text('project_id = "p"\n')
+    run = run_step("terraform-apply", tmp_path, env, branch)
     assert run.returncode == 0, run.stderr
-    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
-    assert (calls == "apply -input=false tfplan\n") is applies, calls
+    assert (calls(tmp_path) == "terraform apply -input=false tfplan\n") is applies, calls(
+        tmp_path)
+
+
+# --- The operator's variables ------------------------------------------------------------
+
+def test_plan_uses_the_operators_variables() -> None:
+    """Without them an apply from CI would reset notification channels, budgets and
+    sizing to the defaults of variables.tf."""
+    assert ORDER.index("terraform-vars") < ORDER.index("terraform-plan")
+    plan = step("terraform-plan")["args"]
+    assert "-var-file=deploy.tfvars" in plan
+    # Project and region from the build override the file's (a -var wins over a -var-file).
+    assert plan.index("-var-file=deploy.tfvars") < plan.index("-var=project_id=${_PROJECT_ID}")
+
+
+def test_the_variables_come_from_the_deploy_bucket(tmp_path: Path) -> None:
+    (tmp_path / "terraform").mkdir()
+    env = stand_in(tmp_path, "gcloud", 'echo "x = 1" > "$4"')
+    run = run_step("terraform-vars", tmp_path, env)
+    assert run.returncode == 0, run.stderr
+    assert calls(tmp_path) == ("gcloud storage cp gs://my-deploy/terraform.tfvars "
+                               "terraform/deploy.tfvars\n")
+    assert (tmp_path / "terraform" / "deploy.tfvars").read_text() == "x = 1\n"
+    # The docs say where the file lives.
+    docs = (tfconfig.REPO / "docs" / "deploying.md").read_text()
+    assert "gs://$DEPLOY_BUCKET/terraform.tfvars" in docs
+
+
+def test_without_the_variables_the_build_stops_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "terraform").mkdir()
+    env = stand_in(tmp_path, "gcloud", "echo 'ERROR: (gcloud) not found' >&2; exit 1")
+    run = run_step("terraform-vars", tmp_path, env)
+    assert run.returncode != 0
+    assert "gs://my-deploy/terraform.tfvars is missing" in run.stderr
+    assert "docs/deploying.md" in run.stderr
+    assert not (tmp_path / "terraform" / "deploy.tfvars").exists()
+
+
+def test_apply_refuses_without_the_variables(tmp_path: Path) -> None:
+    env = stand_in(tmp_path, "terraform", "")
+    run = run_step("terraform-apply", tmp_path, env, "main")
+    assert run.returncode != 0
+    assert "refusing to apply defaults" in run.stderr
+    assert calls(tmp_path) == "", "terraform must not run"
+
+
+def test_the_build_outlasts_the_first_applys_wait(evaluated: tfconfig.Evaluated) -> None:
+    """The first apply sleeps between log-based metrics and alert policies
+    (terraform/monitoring.tf); the build's timeout must leave room for it and
+    for the tests and the rest of the apply."""
+    wait = int(evaluated.locals["log_metrics_wait"].removesuffix("s"))
+    timeout = int(BUILD["timeout"].removesuffix("s"))
+    assert timeout - wait >= 1800, (timeout, wait)

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +19,21 @@ from tests import metric_calls
 from tests.infra import tfconfig
 from tests.infra.tfconfig import Deployment, Instance
 
-SPEC = monitoring.load()
+# Thresholds written {setting: ...} resolved with the code's defaults, which are
+# Terraform's defaults too (test_budget_alerts_fire_where_the_deployed_functions_refuse).
+SPEC = monitoring.load().with_settings(Settings.model_construct())
 METRIC_TYPE = re.compile(r'metric\.type="logging\.googleapis\.com/user/([^"]+)"')
+ANY_METRIC_TYPE = re.compile(r'metric\.type="([^"]+)"')
+# Built-in Google Cloud metrics an alert may name instead of one the code emits,
+# each with the page of Google's metric list that defines it. Adding one is a
+# deliberate act: here and in monitoring.yaml's builtin_metrics.
+DOCUMENTED_BUILTINS = {
+    "pubsub.googleapis.com/subscription/oldest_unacked_message_age":
+        "https://cloud.google.com/monitoring/api/metrics_gcp_p_z#gcp-pubsub",
+    "run.googleapis.com/request_count":
+        "https://cloud.google.com/monitoring/api/metrics_gcp_p_z#gcp-run",
+}
+FLOAT_MAX = 1.7976931348623157e308
 LINE_METRIC = re.compile(r'jsonPayload\.metric="([^"]+)"')
 
 
@@ -90,6 +104,15 @@ def extract(extractor: str, entry: dict[str, Any]) -> Any:
     return field(entry, match.group(1))
 
 
+def label_path(metric: str, label: str) -> str:
+    """Where a label is read in a time series filter: built-in metrics also have
+    labels of their monitored resource."""
+    builtin = SPEC.builtin(metric)
+    if builtin is not None and label in builtin.resource_labels:
+        return f"resource.label.{label}"
+    return f"metric.label.{label}"
+
+
 def sample_labels(metric: monitoring.Metric) -> dict[str, str]:
     return {label: f"{label}-value" for label in metric.labels}
 
@@ -145,6 +168,9 @@ def deployed_metric_references(deployment: Deployment) -> dict[str, set[str]]:
     refs: dict[str, set[str]] = {}
 
     def note(text: str, where: str) -> None:
+        for metric_type in ANY_METRIC_TYPE.findall(text):
+            if not METRIC_TYPE.fullmatch(f'metric.type="{metric_type}"'):
+                refs.setdefault(f"builtin:{metric_type}", set()).add(where)
         for metric_type in METRIC_TYPE.findall(text):
             assert metric_type.startswith(SPEC.prefix), metric_type
             refs.setdefault(metric_type.removeprefix(SPEC.prefix), set()).add(where)
@@ -174,7 +200,11 @@ def test_every_deployed_alert_slo_and_chart_names_a_metric_the_code_emits(
     kinds = {where.split()[0] for users in refs.values() for where in users}
     assert kinds == {"alert", "slo", "widget"}, "the scan found no alert, SLO or chart"
     emitted = metric_calls.emitted()
-    missing = {name: sorted(users) for name, users in refs.items() if name not in emitted}
+    builtins = {name.removeprefix("builtin:") for name in refs if name.startswith("builtin:")}
+    undocumented = builtins - set(DOCUMENTED_BUILTINS)
+    assert not undocumented, f"built-in metrics not in DOCUMENTED_BUILTINS: {undocumented}"
+    missing = {name: sorted(users) for name, users in refs.items()
+               if name not in emitted and not name.startswith("builtin:")}
     assert not missing, f"deployed, but the code never emits: {missing}"
     undeclared = emitted - {m.name for m in SPEC.metrics}
     assert not undeclared, f"emitted but not declared in monitoring.yaml: {undeclared}"
@@ -184,7 +214,8 @@ def test_a_renamed_metric_in_the_code_would_be_caught(deployment: Deployment) ->
     """The check above fails when the code stops emitting a metric an alert uses."""
     refs = deployed_metric_references(deployment)
     emitted = metric_calls.emitted() - {"job_duration_s"}
-    assert {name for name in refs if name not in emitted} == {"job_duration_s"}
+    assert {name for name in refs if name not in emitted
+            and not name.startswith("builtin:")} == {"job_duration_s"}
 
 
 # --- Alert policies ----------------------------------------------------------------------------
@@ -218,9 +249,9 @@ def test_alert_policies_are_the_yaml_alerts(deployment: Deployment) -> None:
         aggregation = threshold.block("aggregations")
         assert aggregation.get("alignment_period") == f"{alert.condition.window_s}s"
         assert aggregation.get("group_by_fields") == [
-            f"metric.label.{label}" for label in alert.condition.group_by]
+            label_path(alert.metric, label) for label in alert.condition.group_by]
         for label, value in alert.condition.filter.items():
-            assert f'metric.label.{label}="{value}"' in threshold.get("filter")
+            assert f'{label_path(alert.metric, label)}="{value}"' in threshold.get("filter")
 
 
 def test_budget_alerts_fire_where_the_deployed_functions_refuse(
@@ -256,6 +287,25 @@ def test_percentile_thresholds_fall_on_bucket_bounds(deployment: Deployment) -> 
 
 # --- SLOs and dashboard ----------------------------------------------------------------------
 
+def api_range(low: Any, high: Any) -> tuple[float, float]:
+    """The range.min and range.max the Monitoring API receives from the google
+    provider: float64s, where an end left unset is sent as 0, not as infinity
+    (https://github.com/hashicorp/terraform-provider-google/issues/9453), and a
+    value past the largest double would not be a float64 at all."""
+    sent = []
+    for value in (low, high):
+        number = 0.0 if value is None else float(value)
+        assert abs(number) <= FLOAT_MAX, value  # a float64, finite (not NaN either)
+        sent.append(number)
+    return sent[0], sent[1]
+
+
+def test_an_unset_range_end_would_be_refused() -> None:
+    """What the quality SLO sent before: at_least 0.6 with no max is [0.6, 0]."""
+    low, high = api_range(0.6, None)
+    assert not low < high
+
+
 def test_slos_are_distribution_cuts_on_the_custom_service(deployment: Deployment) -> None:
     service = deployment.instances("google_monitoring_custom_service", "aiprod")[None]
     objectives = {i.key: i for i in deployment.instances("google_monitoring_slo",
@@ -269,7 +319,13 @@ def test_slos_are_distribution_cuts_on_the_custom_service(deployment: Deployment
         assert objective.get("rolling_period_days") == slo.rolling_days == 7
         cut = objective.block("request_based_sli").block("distribution_cut")
         window = cut.block("range")
-        assert (window.get("min"), window.get("max")) == (slo.good.at_least, slo.good.below)
+        sent_min, sent_max = api_range(window.get("min"), window.get("max"))
+        assert sent_min < sent_max, f"{slo.name}: the API refuses the range [{sent_min}, " \
+            f"{sent_max}]"
+        # The finite end is the YAML's threshold; the open end is the largest double.
+        assert (sent_min, sent_max) == (
+            slo.good.at_least if slo.good.at_least is not None else -FLOAT_MAX,
+            slo.good.below if slo.good.below is not None else FLOAT_MAX), slo.name
         bounds = built[slo.metric].block("bucket_options").block("explicit_buckets").get(
             "bounds")
         assert slo.good.threshold in bounds, "an SLO cut must fall on a bucket bound"
@@ -296,3 +352,69 @@ def test_monitoring_resources_live_in_monitoring_tf(tf_config: tfconfig.Config,
                                                     resource: str) -> None:
     files = {f for (rtype, _), f in tf_config.resource_file.items() if rtype == resource}
     assert files == {"monitoring.tf"}
+
+
+# --- First apply: log-based metrics before what names them ----------------------------------
+
+def test_alerts_slos_and_dashboard_wait_for_new_log_based_metrics(
+        tf_config: tfconfig.Config, evaluated: tfconfig.Evaluated) -> None:
+    """A log-based metric is not usable at once: an alert policy created right after
+    it fails with 404 "Cannot find metric(s) ... it could take up to 10 minutes to
+    become available" (https://github.com/hashicorp/terraform-provider-google/issues/11102).
+    So a time_sleep of at least 10 minutes sits between the metrics and every
+    resource that names them, and sleeps again when the set of metrics changes."""
+    sleep = tf_config.resources[("time_sleep", "log_metrics_ready")]
+    assert "${google_logging_metric.metric}" in sleep["depends_on"]
+    duration = evaluated.locals["log_metrics_wait"]
+    assert sleep["create_duration"] == "${local.log_metrics_wait}"
+    assert re.fullmatch(r"\d+s", duration), duration
+    assert int(duration[:-1]) >= 600, duration
+    (triggers,) = [sleep["triggers"]] if isinstance(sleep["triggers"], dict) else sleep[
+        "triggers"]
+    assert "google_logging_metric.metric" in str(triggers), "re-sleep when metrics change"
+    for rtype, rname in (("google_monitoring_alert_policy", "alert"),
+                         ("google_monitoring_slo", "slo"),
+                         ("google_monitoring_dashboard", "main")):
+        assert tf_config.resources[(rtype, rname)]["depends_on"] == [
+            "${time_sleep.log_metrics_ready}"], rtype
+
+
+# --- Budget thresholds: one value for the functions and the alerts ------------------------------
+
+def test_budget_alert_thresholds_follow_the_budget_variables(
+        tf_config: tfconfig.Config, tmp_path: Path) -> None:
+    """With a daily budget of 250 (warning at 200) the deployed functions refuse at
+    250, so the alerts must fire at 250 and 200, not at monitoring.yaml's old 100/90."""
+    evaluated = tfconfig.evaluate_locals(tf_config, tmp_path, {
+        "project_id": "aiprod-offline-test", "daily_budget_usd": 250,
+        "daily_budget_warn_usd": 200})
+    deployment = Deployment(tf_config, evaluated)
+    policies = alert_policies(deployment)
+
+    def fires(alert: str, committed: float) -> bool:
+        (condition,) = policies[alert].blocks("conditions")
+        log_filter = condition.block("condition_matched_log").get("filter")
+        return matches(log_filter, emitted_line("budget_committed_usd", committed))
+
+    api = next(fn for fn in deployment.instances("google_cloudfunctions2_function",
+                                                 "fn").values() if fn.key == "api")
+    env = api.block("service_config").get("environment_variables")
+    assert (float(env["AIPROD_DAILY_BUDGET_USD"]), float(env["AIPROD_DAILY_BUDGET_WARN_USD"])) \
+        == (250, 200)
+    assert fires("budget_critical", 250)
+    assert not fires("budget_critical", 249.99)
+    assert fires("budget_warning", 200)
+    assert not fires("budget_warning", 199.99)
+    assert not fires("budget_critical", 100)
+    for name in ("budget_warning", "budget_critical"):
+        text = policies[name].get("display_name") + policies[name].block(
+            "documentation").get("content")
+        assert not re.search(r"\b(90|100) USD\b", text), f"{name} names a fixed amount"
+
+
+def test_budget_thresholds_are_settings_in_monitoring_yaml() -> None:
+    raw = monitoring.load()
+    assert raw.alert("budget_warning").condition.setting == "daily_budget_warn_usd"
+    assert raw.alert("budget_critical").condition.setting == "daily_budget_usd"
+    with pytest.raises(ValueError, match="unresolved"):
+        _ = raw.alert("budget_critical").condition.threshold

@@ -118,18 +118,22 @@ def test_locals_files_declare_no_resources(tf_config: tfconfig.Config) -> None:
         assert not refs, f"{name} refers to resources {refs}: keep it evaluable offline"
 
 
-def test_versions_are_pinned(tf_config: tfconfig.Config, google_schema:
-                             provider_schema.ProviderSchema) -> None:
+def test_versions_are_pinned(tf_config: tfconfig.Config, provider_schemas: dict[
+        str, provider_schema.ProviderSchema]) -> None:
     (block,) = tf_config.terraform
-    providers = block["required_providers"][0]
-    assert {k for k, _ in tfconfig.attributes(providers)} == {"google"}, "only google is used"
-    google = providers["google"]
-    assert tfconfig.label(google["source"]) == "hashicorp/google"
-    constraint = tfconfig.label(google["version"])
-    assert google_schema.version == provider_schema.GOOGLE_PROVIDER
-    major, minor, _ = (int(p) for p in google_schema.version.split("."))
-    # "~> 8.7": the schema the tests check against, and that major version only.
-    assert constraint == f"~> {major}.{minor}", constraint
+    providers = dict(tfconfig.attributes(block["required_providers"][0]))
+    # Every provider the configuration requires has an offline schema, and back.
+    assert set(providers) == set(provider_schema.SOURCES), set(providers)
+    for name, source in provider_schema.SOURCES.items():
+        required = providers[name]
+        assert tfconfig.label(required["source"]) == source.source, name
+        schema = provider_schemas[name]
+        assert schema.version == source.provider_version, name
+        major, minor, patch = (int(p) for p in schema.version.split("."))
+        # "~> 8.7": the schema the tests check against, and that major version only;
+        # 0.x releases may break in a minor: "~> 0.14.2" keeps to 0.14.
+        expected = f"~> {major}.{minor}" if major else f"~> 0.{minor}.{patch}"
+        assert tfconfig.label(required["version"]) == expected, name
     required = tfconfig.label(block["required_version"])
     assert re.fullmatch(r">= 1\.\d+\.\d+, < 2\.0\.0", required), required
     version = json.loads(run_terraform("version", "-json").stdout)["terraform_version"]
@@ -182,27 +186,37 @@ def _check_body(body: dict[str, Any], level: provider_schema.Block, where: str,
                for name, (required, _) in level.blocks.items() if required and name not in present]
 
 
-def schema_errors(config: tfconfig.Config, schema: provider_schema.ProviderSchema) -> list[str]:
+def provider_of(rtype: str, body: dict[str, Any]) -> str:
+    """The provider a resource or data source belongs to: its `provider` meta-argument
+    (google-beta), else its type's prefix, as Terraform decides."""
+    if "provider" in body:
+        return tfconfig.label(str(body["provider"])).removeprefix("${").removesuffix("}")
+    return rtype.split("_", 1)[0]
+
+
+def schema_errors(config: tfconfig.Config,
+                  schemas: dict[str, provider_schema.ProviderSchema]) -> list[str]:
     errors: list[str] = []
-    for (rtype, rname), body in config.resources.items():
-        level = schema.resource(rtype)
-        if level is None:
-            errors.append(f"{rtype}.{rname}: the google provider has no resource {rtype}")
-        else:
-            _check_body(body, level, f"{rtype}.{rname}", schema, errors, top=True)
-    for (dtype, dname), body in config.data.items():
-        level = schema.resource(dtype, data=True)
-        if level is None:
-            errors.append(f"data.{dtype}.{dname}: the google provider has no data source {dtype}")
-        else:
-            _check_body(body, level, f"data.{dtype}.{dname}", schema, errors, top=True)
+    for kind, table in (("resource", config.resources), ("data source", config.data)):
+        data = kind == "data source"
+        for (rtype, rname), body in table.items():
+            where = f"{'data.' if data else ''}{rtype}.{rname}"
+            provider = provider_of(rtype, body)
+            if provider not in schemas:
+                errors.append(f"{where}: provider {provider!r} has no offline schema")
+                continue
+            level = schemas[provider].resource(rtype, data=data)
+            if level is None:
+                errors.append(f"{where}: the {provider} provider has no {kind} {rtype}")
+            else:
+                _check_body(body, level, where, schemas[provider], errors, top=True)
     for name, body in config.providers:
-        if name != "google":
-            errors.append(f"provider {name}: only google is declared")
+        if name not in schemas:
+            errors.append(f"provider {name}: no offline schema")
             continue
-        _check_body(body, schema.struct(schema.provider), "provider.google", schema, errors,
-                    top=True)
-    errors += reference_errors(config, schema)
+        _check_body(body, schemas[name].struct(schemas[name].provider), f"provider.{name}",
+                    schemas[name], errors, top=True)
+    errors += reference_errors(config, schemas)
     return errors
 
 
@@ -220,7 +234,8 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def reference_errors(config: tfconfig.Config, schema: provider_schema.ProviderSchema) -> list[str]:
+def reference_errors(config: tfconfig.Config,
+                     schemas: dict[str, provider_schema.ProviderSchema]) -> list[str]:
     """Every `google_x.name...` reference names a declared resource and a real attribute."""
     errors: list[str] = []
     everything = [*config.resources.values(), *config.data.values(), config.locals,
@@ -236,6 +251,7 @@ def reference_errors(config: tfconfig.Config, schema: provider_schema.ProviderSc
             repeated = "for_each" in body or "count" in body
             if bool(key) != repeated and not (repeated and not key and not path):
                 errors.append(f"{ref}: {'needs' if repeated else 'cannot take'} an instance key")
+            schema = schemas[provider_of(rtype, body)]
             node: Any = (schema.data_exports if data else schema.exports).get(rtype, {})
             for attr in re.findall(r"\.(\w+)", path):
                 if not isinstance(node, dict) or attr not in node:
@@ -245,14 +261,16 @@ def reference_errors(config: tfconfig.Config, schema: provider_schema.ProviderSc
     return errors
 
 
-def test_configuration_matches_the_google_provider_schema(
-        tf_config: tfconfig.Config, google_schema: provider_schema.ProviderSchema) -> None:
-    errors = schema_errors(tf_config, google_schema)
+def test_configuration_matches_the_provider_schemas(
+        tf_config: tfconfig.Config,
+        provider_schemas: dict[str, provider_schema.ProviderSchema]) -> None:
+    errors = schema_errors(tf_config, provider_schemas)
     assert not errors, "\n".join(errors)
 
 
-def test_schema_check_catches_mistakes(tf_config: tfconfig.Config,
-                                       google_schema: provider_schema.ProviderSchema) -> None:
+def test_schema_check_catches_mistakes(
+        tf_config: tfconfig.Config,
+        provider_schemas: dict[str, provider_schema.ProviderSchema]) -> None:
     """The schema check is not vacuous: typical slips are reported."""
     broken = tfconfig.load_config()
     topic = broken.resources[(TOPIC, "topic")]
@@ -262,12 +280,23 @@ def test_schema_check_catches_mistakes(tf_config: tfconfig.Config,
     del broken.resources[("google_firestore_field", "ttl")]["collection"]  # required
     broken.resources[(FUNCTION, "fn")]["service_config"][0]["timeout"] = "${60}"
     broken.locals["oops"] = "${google_cloudfunctions2_function.fn[\"api\"].service_config[0].url}"
-    errors = "\n".join(schema_errors(broken, google_schema))
+    # The time and google-beta resources are checked against their own providers.
+    broken.resources[("time_sleep", "log_metrics_ready")]["create_after"] = '"600s"'
+    identity = broken.resources[("google_project_service_identity", "pubsub")]
+    identity["services"] = identity.pop("service")
+    broken.resources[("google_project_service_identity", "unbeta")] = {
+        k: v for k, v in identity.items() if k != "provider"}
+    errors = "\n".join(schema_errors(broken, provider_schemas))
     assert "unknown argument or block 'message_retention'" in errors
     assert "'retry_policy' is a block but is written as an argument" in errors
     assert "required argument 'collection' is missing" in errors
     assert "service_config: unknown argument or block 'timeout'" in errors
     assert "has no attribute 'url' there" in errors
+    assert "time_sleep.log_metrics_ready: unknown argument or block 'create_after'" in errors
+    assert ("google_project_service_identity.pubsub: required argument 'service' is missing"
+            in errors)
+    assert ("google_project_service_identity.unbeta: the google provider has no resource "
+            "google_project_service_identity") in errors
 
 
 def test_every_resolvable_reference_points_at_an_existing_instance(
@@ -655,21 +684,66 @@ def test_roles_are_the_least_each_function_needs(deployment: Deployment) -> None
                                          if b.provider in ("runway", "replicate")}
 
 
-def test_pubsub_service_agent_can_dead_letter(deployment: Deployment) -> None:
-    agent = ("serviceAccount:service-${data.google_project.this.number}"
-             "@gcp-sa-pubsub.iam.gserviceaccount.com")
+def test_pubsub_service_agent_can_dead_letter(deployment: Deployment,
+                                              tf_config: tfconfig.Config) -> None:
+    """The agent's bindings name the service identity Terraform creates (google-beta),
+    so they wait for it: in a fresh project the agent may not exist yet, and IAM
+    refuses a binding to an account that does not exist."""
+    (identity,) = deployment.instances("google_project_service_identity", "pubsub").values()
+    assert identity.get("service") == "pubsub.googleapis.com"
+    assert provider_of("google_project_service_identity",
+                       tf_config.resources[("google_project_service_identity", "pubsub")]) == (
+        "google-beta")
+    assert "${google_project_service.api[\"pubsub.googleapis.com\"]}" in identity.body[
+        "depends_on"]
+    agent_bindings = [
+        *deployment.instances("google_pubsub_topic_iam_member", "dead_letter_publisher").values(),
+        *deployment.instances("google_pubsub_subscription_iam_member",
+                              "dead_letter_subscriber").values(),
+        *deployment.instances("google_service_account_iam_member",
+                              "pubsub_agent_token_creator").values()]
+    assert agent_bindings
+    for binding in agent_bindings:
+        member = binding.get("member")
+        assert isinstance(member, Ref), binding.address
+        assert member.path == ("member",), binding.address
+        assert deployment.resolve(member) is identity, binding.address
+        assert "${google_project_service_identity.pubsub}" in binding.body["depends_on"]
     publishers = {deployment.resolve(b.get("topic")).get("name")
                   for b in deployment.instances("google_pubsub_topic_iam_member",
                                                 "dead_letter_publisher").values()
-                  if str(b.get("member")) == agent and b.get("role") == "roles/pubsub.publisher"}
+                  if b.get("role") == "roles/pubsub.publisher"}
     subscribers = {deployment.resolve(b.get("subscription")).get("name")
                    for b in deployment.instances("google_pubsub_subscription_iam_member",
                                                  "dead_letter_subscriber").values()
-                   if str(b.get("member")) == agent and b.get("role") == "roles/pubsub.subscriber"}
+                   if b.get("role") == "roles/pubsub.subscriber"}
     for sub in deployment.instances(SUBSCRIPTION, "push").values():
         for policy in sub.blocks("dead_letter_policy"):
             assert deployment.resolve(policy.get("dead_letter_topic")).get("name") in publishers
             assert sub.get("name") in subscribers
+
+
+def test_the_api_that_signs_download_urls_is_enabled(deployment: Deployment) -> None:
+    """The API signs download URLs as its own service account through signBlob of
+    the IAM Service Account Credentials API (google-cloud-storage calls
+    iamcredentials.googleapis.com when given service_account_email and an access
+    token), which a project must enable:
+    https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/signBlob"""
+    import inspect
+
+    from google.cloud.storage import _signing
+
+    from aiprod.adapters import storage
+
+    assert "service_account_email=" in inspect.getsource(storage.GcsOutputStore.download_url)
+    # google-cloud-storage signs through https://iamcredentials.<universe>/...:signBlob
+    signer = inspect.getsource(_signing._sign_message)
+    assert "https://iamcredentials." in signer
+    assert ":signBlob" in signer
+    services = {i.get("service") for i in deployment.instances("google_project_service",
+                                                               "api").values()}
+    assert "iamcredentials.googleapis.com" in services
+    assert "iam.googleapis.com" in services  # the service accounts themselves
 
 
 # --- Data ------------------------------------------------------------------------------
@@ -695,7 +769,7 @@ def test_the_watchdogs_query_has_its_composite_index(deployment: Deployment) -> 
 def test_firestore_ttl_policies(deployment: Deployment) -> None:
     fields = {(f.get("collection"), f.get("field")): f
               for f in deployment.instances("google_firestore_field", "ttl").values()}
-    assert set(fields) == {("idempotency_keys", "expires_at"), ("events", "expires_at"),
+    assert set(fields) == {("idempotency_keys", "expires_at"), ("reservations", "expires_at"),
                            ("rate_limits", "expires_at")}
     for field in fields.values():
         assert field.blocks("ttl_config"), field.address
@@ -735,3 +809,47 @@ def test_monitoring_reads_monitoring_yaml(tf_config: tfconfig.Config, tmp_path: 
 def test_outputs(tf_config: tfconfig.Config) -> None:
     assert {"api_url", "intake_topic", "events_topic", "topics", "output_bucket"} <= set(
         tf_config.outputs)
+
+
+# --- Bootstrap, and the public API ---------------------------------------------------------
+
+PUBLIC_MEMBERS = {"allUsers", "allAuthenticatedUsers"}
+
+
+def public_bindings(deployment: Deployment) -> list[str]:
+    return [i.address for (rtype, rname) in deployment.config.resources
+            for i in deployment.instances(rtype, rname).values()
+            if "member" in i.body and i.get("member") in PUBLIC_MEMBERS]
+
+
+def test_api_public_is_the_only_way_to_grant_all_users(
+        deployment: Deployment, tf_config: tfconfig.Config, tmp_path: Path) -> None:
+    """Where an organisation policy (Domain Restricted Sharing,
+    iam.allowedPolicyMemberDomains) forbids allUsers, api_public = false must leave no
+    binding to it at all, or the apply fails."""
+    assert public_bindings(deployment) == [
+        "google_cloud_run_v2_service_iam_member.api_public[0]"]
+    private = Deployment(tf_config, tfconfig.evaluate_locals(
+        tf_config, tmp_path, {"project_id": PROJECT, "api_public": False}))
+    assert public_bindings(private) == []
+
+
+def test_the_deploying_guide_bootstraps_what_terraform_needs_first() -> None:
+    """Terraform enables APIs through Service Usage and edits IAM through Resource
+    Manager: both must be on before the first plan; the guide says so, in order."""
+    guide = (tfconfig.REPO / "docs" / "deploying.md").read_text()
+    enable = re.search(r"gcloud services enable ([^\n\\]+)", guide)
+    assert enable, "no bootstrap `gcloud services enable`"
+    assert {"serviceusage.googleapis.com", "cloudresourcemanager.googleapis.com"} <= set(
+        enable.group(1).split())
+    steps = ["gcloud services enable", "gcloud storage buckets create",
+             "gs://$DEPLOY_BUCKET/terraform.tfvars", "gcloud secrets versions add",
+             "terraform apply tfplan", "time_sleep.log_metrics_ready", "/healthz"]
+    positions = [guide.find(s) for s in steps]
+    assert -1 not in positions, dict(zip(steps, positions, strict=True))
+    assert positions == sorted(positions), "the guide's steps are out of order"
+    assert guide.find("gcloud services enable") < guide.find("terraform init")
+    for needed in ("iam.allowedPolicyMemberDomains", "api_public = false", "allUsers"):
+        assert needed in guide, needed
+    readme = (tfconfig.REPO / "README.md").read_text()
+    assert "docs/deploying.md" in readme

@@ -14,14 +14,16 @@ from aiprod import monitoring
 from aiprod.catalog import REPO_ROOT
 from aiprod.config import Settings
 
-SPEC = monitoring.load()
+# Thresholds written {setting: ...} take the code's default settings here.
+SPEC = monitoring.load().with_settings(Settings.model_construct())
 RAW = yaml.safe_load(monitoring.DEFAULT_MONITORING_PATH.read_text())
 
 
 def test_the_alert_policies() -> None:
     alerts = {a.name: a for a in SPEC.alerts}
     assert set(alerts) == {"budget_warning", "budget_critical", "quality_low", "latency_high",
-                           "runway_errors", "watchdog_redrove"}
+                           "runway_errors", "messages_dead_lettered", "pubsub_backlog_old",
+                           "function_errors", "watchdog_redrove"}
     c = {name: a.condition for name, a in alerts.items()}
     assert (alerts["budget_warning"].metric, c["budget_warning"].at_least) == (
         "budget_committed_usd", 90)
@@ -42,6 +44,37 @@ def test_the_alert_policies() -> None:
     # Critical says that nothing more is spent: admission refuses already.
     assert "admission already" in alerts["budget_critical"].documentation
     assert "refuses new jobs" in alerts["budget_critical"].documentation
+
+
+def test_alerts_on_lost_work() -> None:
+    """Dead letters (the code's metric), a stuck subscription and function 5xx
+    responses (Google's own metrics, named by type)."""
+    dead = SPEC.alert("messages_dead_lettered")
+    assert (dead.metric, dead.condition.aggregate, dead.condition.above) == (
+        "messages_dead_lettered", "sum", 0)
+    backlog = SPEC.alert("pubsub_backlog_old")
+    assert SPEC.metric_type(backlog.metric) == (
+        "pubsub.googleapis.com/subscription/oldest_unacked_message_age")
+    assert backlog.condition.group_by == ("subscription_id",)
+    # Longer than a work message's whole retry schedule (5 deliveries of at most
+    # 600 s each, backoff up to 600 s): only a stuck one crosses it.
+    assert backlog.condition.threshold >= 5 * 600 + 4 * 150
+    errors = SPEC.alert("function_errors")
+    assert SPEC.metric_type(errors.metric) == "run.googleapis.com/request_count"
+    assert errors.condition.filter == {"response_code_class": "5xx"}
+    for alert in (dead, backlog, errors):
+        assert "Runbook" in alert.documentation
+
+
+def test_budget_thresholds_come_from_the_settings() -> None:
+    raw = monitoring.load()
+    spec = raw.with_settings(Settings.model_construct(daily_budget_usd=250,
+                                                      daily_budget_warn_usd=200))
+    assert spec.alert("budget_critical").condition.threshold == 250
+    assert spec.alert("budget_warning").condition.threshold == 200
+    assert raw.alert("budget_critical").condition.setting == "daily_budget_usd"
+    with pytest.raises(ValueError, match="unresolved"):
+        _ = raw.alert("budget_warning").condition.threshold
 
 
 def test_budget_alerts_agree_with_the_codes_thresholds() -> None:
@@ -110,6 +143,16 @@ def broken(change: Any) -> dict[str, Any]:
     (lambda s: s["metrics"][0]["labels"].append("job_id"), "usable label"),
     (lambda s: s["metrics"].append(dict(s["metrics"][0])), "repeat"),
     (lambda s: s["metrics"][6].update(buckets=[5, 1]), "increase"),
+    (lambda s: s["alerts"][0]["condition"].update(at_least={"setting": "budget"}),
+     "threshold setting"),
+    (lambda s: s["alerts"][3]["condition"].update(above={"setting": "daily_budget_usd"}),
+     "not a setting"),
+    (lambda s: s["alerts"][4]["condition"].update(aggregate="max"), "built-in gauges"),
+    (lambda s: s["alerts"][6]["condition"].update(aggregate="each", above=None,
+                                                  at_least=1), "built-in metric"),
+    (lambda s: s["builtin_metrics"][0].update(docs="https://example.com/m"), "docs"),
+    (lambda s: s["builtin_metrics"][0].update(type="logging.googleapis.com/user/x"),
+     "log-based"),
 ])
 def test_mistakes_are_refused(change: Any, message: str) -> None:
     with pytest.raises(ValidationError, match=message):

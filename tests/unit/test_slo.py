@@ -9,6 +9,7 @@ import pytest
 
 from aiprod import monitoring, slo
 from aiprod.catalog import load_catalog
+from aiprod.config import Settings
 from aiprod.domain.budget import DayFigures
 from aiprod.domain.job import (
     Attempt,
@@ -20,7 +21,7 @@ from aiprod.domain.job import (
     JobStatus,
 )
 
-SPEC = monitoring.load()
+SPEC = monitoring.load().with_settings(Settings.model_construct())
 CATALOG = load_catalog()
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 
@@ -131,6 +132,36 @@ def test_runway_errors_alert_counts_runway_failures_in_the_hour() -> None:
 def test_budget_alerts_fire_at_the_codes_thresholds(committed: float,
                                                     firing: list[str]) -> None:
     assert run([], committed_usd=committed).firing == firing
+
+
+def test_slo_cli_takes_budget_thresholds_from_the_settings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aiprod slo` on a deployment with a 250 USD budget: 120 USD committed is no
+    alert, 250 is critical (monitoring.yaml names the settings, not 90/100)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from aiprod import config, slo_cli
+
+    monkeypatch.setenv("AIPROD_DAILY_BUDGET_USD", "250")
+    monkeypatch.setenv("AIPROD_DAILY_BUDGET_WARN_USD", "200")
+    config.get_settings.cache_clear()
+    monkeypatch.setattr(slo_cli, "firestore_client", lambda project, database: (None, "test"))
+    monkeypatch.setattr(slo, "read_jobs", lambda client, since: [])
+    firing = {}
+    try:
+        for committed in (120.0, 250.0):
+            monkeypatch.setattr(slo, "read_budget", lambda client, now, c=committed: DayFigures(
+                day=now.strftime("%Y-%m-%d"), limit_micros=250_000_000,
+                warn_micros=200_000_000, granted_micros=round(c * 1e6), spent_micros=0))
+            result = CliRunner().invoke(slo_cli.slo_command, ["--json"])
+            assert result.exit_code == 0, result.output
+            firing[committed] = sorted(a["name"] for a in json.loads(result.output)["alerts"]
+                                       if a["firing"])
+    finally:
+        config.get_settings.cache_clear()
+    assert firing == {120.0: [], 250.0: ["budget_critical", "budget_warning"]}
 
 
 def test_yesterdays_ledger_fires_nothing_today() -> None:
