@@ -254,7 +254,8 @@ def test_a_cancel_whose_stop_message_was_lost_is_asked_again_and_settled(
         assert time.monotonic() < deadline, "the pending cancel was never settled"
         time.sleep(0.5)
     stored = FirestoreJobStore(stack.firestore()).get(job.id)
-    assert stored is not None and not stored.attempts[0].cost_pending
+    assert stored is not None
+    assert not stored.attempts[0].cost_pending
     assert stored.cost_usd == pytest.approx(0.4)
     assert reserved_usd(stack) == pytest.approx(before)
     assert '"action": "stop_task"' in watchdog_log(stack)

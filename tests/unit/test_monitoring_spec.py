@@ -148,8 +148,8 @@ def broken(change: Any) -> dict[str, Any]:
     (lambda s: s["alerts"][3]["condition"].update(above={"setting": "daily_budget_usd"}),
      "not a setting"),
     (lambda s: s["alerts"][4]["condition"].update(aggregate="max"), "built-in gauges"),
-    (lambda s: s["alerts"][6]["condition"].update(aggregate="each", above=None,
-                                                  at_least=1), "built-in metric"),
+    (lambda s: next(a for a in s["alerts"] if a["name"] == "pubsub_backlog_old")["condition"]
+     .update(aggregate="each", above=None, at_least=1), "built-in metric"),
     (lambda s: s["builtin_metrics"][0].update(docs="https://example.com/m"), "docs"),
     (lambda s: s["builtin_metrics"][0].update(type="logging.googleapis.com/user/x"),
      "log-based"),
