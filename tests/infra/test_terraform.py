@@ -36,6 +36,10 @@ DEFAULTED = {
     "fallback_on_refusal": "policy: a prompt one provider refuses is not sent to the next",
     "circuit_strikes": "circuit breaker: the design's 3 consecutive failures open it",
     "circuit_cooldown_s": "circuit breaker cool-down: the code default is the tested value",
+    "output_checks_at_once": "outputs decoded at once per render process: the code default "
+                             "is the measured value (bench/, functions.yaml)",
+    "redrive_max_age_s": "how long a job may wait for render capacity: the documented "
+                         "default (a day)",
     "backend_busy_wait_s": "wait for a provider call slot: the code default is the tested value",
     "unknown_outcome_wait_s": "empty in production: the catalog's task_timeout_s per backend",
     "runway_base_url": "Runway's production API by default; the local stack overrides it",

@@ -4,7 +4,6 @@ background supervisor process; see control.py)."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import os
 import secrets
@@ -19,7 +18,7 @@ from typing import Any
 from aiprod.catalog import REPO_ROOT, Catalog, load_catalog
 from aiprod.config import Settings
 from aiprod.localstack.processes import ManagedProcess, free_port
-from aiprod.topology import MAX_DELIVERY_ATTEMPTS, topology
+from aiprod.topology import Function, topology
 
 PROJECT = "aiprod-local"
 FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
@@ -65,6 +64,11 @@ class StackOptions:
     port_base: int = DEFAULT_PORT_BASE  # 0: pick free ports
     sim_latency_s: float = 1.0
     poll_interval_s: float = 0.25
+    # Requests each render function serves at once in all (None: what the deployment
+    # gives it, max_instances x concurrency from functions.yaml); beyond, 429.
+    render_capacity: int | None = None
+    # Delivery attempts before a message is dead-lettered (None: functions.yaml's).
+    max_delivery_attempts: int | None = None
 
 
 class Ports:
@@ -148,14 +152,18 @@ class Stack:
         }
         self.settings = Settings()
         self.topology = topology(self.catalog, self.settings)
-        functions_framework = str(Path(sys.executable).parent / "functions-framework")
         self.functions: dict[str, ManagedProcess] = {}
+        self.capacity: dict[str, int] = {}
         for function in self.topology.functions:
             port = ports.take()
+            self.capacity[function.name] = self._capacity(function)
             self.functions[function.name] = ManagedProcess(
                 function.name, "function",
-                [functions_framework, f"--target={function.target}",
-                 f"--source={FUNCTIONS_SOURCE}", "--host=127.0.0.1", f"--port={port}"],
+                # functions-framework's app and server behind the deployment's capacity
+                # (serve.py: dev only, 429 beyond it like Cloud Run)
+                [sys.executable, "-m", "aiprod.localstack.serve", f"--target={function.target}",
+                 f"--source={FUNCTIONS_SOURCE}", "--host=127.0.0.1", f"--port={port}",
+                 f"--capacity={self.capacity[function.name]}"],
                 url=f"http://127.0.0.1:{port}",
                 ready_url=f"http://127.0.0.1:{port}/healthz" if function.target == "api"
                 else f"http://127.0.0.1:{port}/",
@@ -163,6 +171,13 @@ class Stack:
                 log_path=self.logs / f"{function.name}.log",
                 env=self.function_env | dict(function.env))
         self._stopping = threading.Event()
+
+    def _capacity(self, function: Function) -> int:
+        """What the deployment serves at once: every instance full (functions.yaml)."""
+        capacity = function.sizing.capacity
+        if function.target == "render" and self.options.render_capacity is not None:
+            capacity = min(capacity, self.options.render_capacity)
+        return capacity
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -195,13 +210,17 @@ class Stack:
                 # The path carries the topic, so the CloudEvent `source` names it.
                 "push_config": {"push_endpoint": f"{function.url}/{topic_path}"},
                 "ack_deadline_seconds": 120 if sub.function.startswith("render-") else 30,
-                "retry_policy": {"minimum_backoff": dt.timedelta(seconds=1),
-                                 "maximum_backoff": dt.timedelta(seconds=10)},
+                # No retry policy: with one, the emulator stops redelivering a push
+                # that failed a few times (measured: README.md, "Local stack"). Without,
+                # it redelivers about every second: production's retries (minimum
+                # backoff 30-60 s) on the simulators' time scale (renders of
+                # seconds, not minutes), with production's delivery attempts.
             }
-            if sub.dead_letter_topic:
+            attempts = sub.delivery.max_delivery_attempts
+            if sub.dead_letter_topic and attempts:
                 request["dead_letter_policy"] = {
                     "dead_letter_topic": publisher.topic_path(PROJECT, sub.dead_letter_topic),
-                    "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS}
+                    "max_delivery_attempts": self.options.max_delivery_attempts or attempts}
             subscriber.create_subscription(request=request)
 
     def _write_secrets(self) -> None:
@@ -254,6 +273,7 @@ class Stack:
             "api_key_file": str(self.state_dir / API_KEY_FILE),
             "webhook_signing_key_file": str(self.state_dir / WEBHOOK_KEY_FILE),
             "env": self.env,
+            "capacity": self.capacity,
             "parts": [{"name": p.name, "kind": p.kind, "url": p.url, "pid": p.pid,
                        "alive": p.alive(), "restarts": p.restarts, "log": str(p.log_path)}
                       for p in self.parts()],

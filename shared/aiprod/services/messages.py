@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -13,3 +15,12 @@ class RenderMessage(BaseModel):
     job_id: str
     backend: str
     attempt: int
+
+
+def intake_job_id(attributes: dict[str, str], message_id: str) -> str:
+    """The job id of a message on the intake topic: stable per message (or per
+    publisher idempotency key), so a redelivery admits once."""
+    key = attributes.get("idempotency_key")
+    scoped = (f"key:{attributes.get('publisher', '')}:{key}" if key
+              else f"message:{message_id}")
+    return "job_" + hashlib.sha256(f"pubsub:{scoped}".encode()).hexdigest()[:32]
