@@ -46,12 +46,7 @@ resource "google_cloudfunctions2_function" "fn" {
     ingress_settings                 = each.value.kind == "api" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
 
-    # THREADS: functions-framework's gunicorn serves one request per thread (4 per
-    # core by default); Python needs as many as the concurrency
-    # (https://cloud.google.com/functions/docs/configuring/concurrency).
-    environment_variables = merge(each.value.env, {
-      THREADS = tostring(local.sizing[each.value.kind].concurrency)
-    })
+    environment_variables = each.value.env
 
     # Keys and tokens come from Secret Manager, never from plain variables.
     dynamic "secret_environment_variables" {

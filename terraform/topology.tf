@@ -119,7 +119,14 @@ locals {
       secrets = local.provider_secrets[b.provider]
     }
   }
-  functions = merge(local.fixed_functions, local.render_functions)
+  # THREADS: functions-framework's gunicorn serves one request per thread (4 per
+  # core by default); Python needs as many threads as the concurrency
+  # (https://cloud.google.com/functions/docs/configuring/concurrency).
+  functions = {
+    for name, f in merge(local.fixed_functions, local.render_functions) : name => merge(f, {
+      env = merge(f.env, { THREADS = tostring(local.sizing[f.kind].concurrency) })
+    })
+  }
 
   # Pub/Sub: work topics feed one function each through a push subscription
   # with a dead-letter topic; every dead-letter topic feeds the dead-letter

@@ -101,46 +101,49 @@ variable "functions" {
     max_instances   = optional(number)
     concurrency     = optional(number)
   }))
-  default = {}
+  default  = {}
+  nullable = false
 
+  # Each kind's sizing is functions.yaml's merged with these overrides (as
+  # local.sizing does; a validation may not refer to it, that would be a cycle).
+  # Only an overridden kind can break a rule, so the rules look at the kinds
+  # given here (tests/infra checks functions.yaml's own values).
   validation {
     condition     = alltrue([for kind in keys(var.functions) : contains(keys(local.functions_spec.kinds), kind)])
     error_message = "functions: each key must be a function kind of functions.yaml (api, intake, render, dead_letter, notifier)."
   }
   validation {
     condition = alltrue([
-      for kind, f in local.sizing : can(regex("^[0-9]+(Mi|Gi|M|G)$", f.memory))
+      for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : can(regex("^[0-9]+(Mi|Gi|M|G)$", m.memory))
     ])
     error_message = "functions.*.memory must look like 256Mi, 512Mi, 1Gi or 2G."
   }
   validation {
     condition = alltrue([
-      for kind, f in local.sizing : f.min_instances >= 0 && f.max_instances >= 1 && f.min_instances <= f.max_instances
+      for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } :
+      m.min_instances >= 0 && m.max_instances >= 1 && m.min_instances <= m.max_instances
     ])
     error_message = "functions.*: need 0 <= min_instances <= max_instances and max_instances >= 1."
   }
   validation {
-    condition     = alltrue([for kind, f in local.sizing : f.concurrency >= 1 && f.concurrency <= 1000])
+    condition     = alltrue([for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : m.concurrency >= 1 && m.concurrency <= 1000])
     error_message = "functions.*.concurrency must be between 1 and 1000."
   }
   validation {
-    condition     = alltrue([for kind, f in local.sizing : f.concurrency == 1 || tonumber(f.cpu) >= 1])
+    condition     = alltrue([for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : m.concurrency == 1 || tonumber(m.cpu) >= 1])
     error_message = "functions.*: a concurrency above 1 needs cpu >= 1 (https://cloud.google.com/functions/docs/configuring/concurrency)."
   }
   validation {
-    condition     = local.sizing.api.timeout_seconds >= 1 && local.sizing.api.timeout_seconds <= 3600
+    condition = alltrue([
+      for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : kind != "api" || (m.timeout_seconds >= 1 && m.timeout_seconds <= 3600)
+    ])
     error_message = "functions.api.timeout_seconds must be 1-3600 (the HTTP function limit)."
   }
   validation {
     condition = alltrue([
-      for kind in ["intake", "render", "dead_letter", "notifier"] :
-      local.sizing[kind].timeout_seconds >= 10 && local.sizing[kind].timeout_seconds <= 570
+      for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : kind == "api" || (m.timeout_seconds >= 10 && m.timeout_seconds <= 570)
     ])
     error_message = "Pub/Sub-driven functions (intake, render, dead_letter, notifier) need 10 <= timeout_seconds <= 570 so that the ack deadline (timeout + 30 s) fits Pub/Sub's 600 s maximum."
-  }
-  validation {
-    condition     = local.sizing.render.timeout_seconds - var.render_handoff_margin_seconds >= 60
-    error_message = "functions.render.timeout_seconds must leave at least 60 s of rendering after render_handoff_margin_seconds."
   }
 }
 
@@ -152,6 +155,10 @@ variable "render_handoff_margin_seconds" {
   validation {
     condition     = var.render_handoff_margin_seconds >= 30 && var.render_handoff_margin_seconds <= 300
     error_message = "render_handoff_margin_seconds must be between 30 and 300."
+  }
+  validation {
+    condition     = local.sizing.render.timeout_seconds - var.render_handoff_margin_seconds >= 60
+    error_message = "functions.render.timeout_seconds must leave at least 60 s of rendering after render_handoff_margin_seconds."
   }
 }
 
