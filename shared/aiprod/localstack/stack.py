@@ -17,6 +17,7 @@ from typing import Any
 
 from aiprod.catalog import REPO_ROOT, Catalog, load_catalog
 from aiprod.config import Settings
+from aiprod.localstack.delivery import PushRelay
 from aiprod.localstack.processes import ManagedProcess, free_port
 from aiprod.topology import Function, topology
 
@@ -69,6 +70,9 @@ class StackOptions:
     render_capacity: int | None = None
     # Delivery attempts before a message is dead-lettered (None: functions.yaml's).
     max_delivery_attempts: int | None = None
+    # Production's retry backoff (functions.yaml) times this: the simulators render in
+    # seconds what providers render in minutes.
+    delivery_time_scale: float = 1 / 60
 
 
 class Ports:
@@ -170,6 +174,7 @@ class Stack:
                 answers_any_status=function.target != "api",
                 log_path=self.logs / f"{function.name}.log",
                 env=self.function_env | dict(function.env))
+        self.relays: list[PushRelay] = []
         self._stopping = threading.Event()
 
     def _capacity(self, function: Function) -> int:
@@ -191,6 +196,8 @@ class Stack:
         self._write_secrets()
         for part in [*self.simulators.values(), *self.functions.values()]:
             part.wait_ready(60 if part.kind == "function" else 30)
+        for relay in self.relays:
+            relay.start()
         self.write_state(ready=True)
 
     def _create_topology(self) -> None:
@@ -204,17 +211,14 @@ class Stack:
         for sub in self.topology.subscriptions:
             function = self.functions[sub.function]
             topic_path = publisher.topic_path(PROJECT, sub.topic)
+            ack_deadline = 120 if sub.function.startswith("render-") else 30
+            # A pull subscription and a relay that pushes like production (delivery.py:
+            # the emulator's own push holds at most 2 requests in flight and stops
+            # redelivering under a retry policy).
             request: dict[str, Any] = {
                 "name": subscriber.subscription_path(PROJECT, sub.name),
                 "topic": topic_path,
-                # The path carries the topic, so the CloudEvent `source` names it.
-                "push_config": {"push_endpoint": f"{function.url}/{topic_path}"},
-                "ack_deadline_seconds": 120 if sub.function.startswith("render-") else 30,
-                # No retry policy: with one, the emulator stops redelivering a push
-                # that failed a few times (measured: README.md, "Local stack"). Without,
-                # it redelivers about every second: production's retries (minimum
-                # backoff 30-60 s) on the simulators' time scale (renders of
-                # seconds, not minutes), with production's delivery attempts.
+                "ack_deadline_seconds": ack_deadline,
             }
             attempts = sub.delivery.max_delivery_attempts
             if sub.dead_letter_topic and attempts:
@@ -222,6 +226,10 @@ class Stack:
                     "dead_letter_topic": publisher.topic_path(PROJECT, sub.dead_letter_topic),
                     "max_delivery_attempts": self.options.max_delivery_attempts or attempts}
             subscriber.create_subscription(request=request)
+            # The path carries the topic, so the CloudEvent `source` names it.
+            self.relays.append(PushRelay(
+                subscriber, request["name"], f"{function.url}/{topic_path}", ack_deadline,
+                sub.delivery, self.options.delivery_time_scale))
 
     def _write_secrets(self) -> None:
         """A dev API key (created in the emulator) and the webhook signing key, each in
@@ -250,6 +258,8 @@ class Stack:
 
     def stop(self) -> None:
         self._stopping.set()
+        for relay in self.relays:
+            relay.stop()
         parts = [*self.functions.values(), *self.simulators.values(), *self.emulators]
         threads = [threading.Thread(target=p.stop) for p in parts]
         for thread in threads:
