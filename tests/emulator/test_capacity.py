@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import datetime as dt
 import json
 import time
 import uuid
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 import pytest
 from google.cloud import pubsub_v1
 
+from aiprod.adapters.store import FirestoreJobStore
+from aiprod.domain.job import Job, JobRequest, JobStatus
 from tests.conftest import MAX_DELIVERY_ATTEMPTS, LocalStack
 from tests.emulator.test_public_api import pull_events
 
@@ -111,3 +114,23 @@ def test_an_intake_message_that_dead_letters_ends_with_job_rejected(
     assert f"{MAX_DELIVERY_ATTEMPTS} deliveries" in event["reason"]
     assert event["attributes"]["correlation_id"] == correlation_id
     assert local.gate("intake")["refused"] - before == MAX_DELIVERY_ATTEMPTS
+
+
+def test_a_job_older_than_the_redrive_bound_ends_failed_when_dead_lettered(
+        local: LocalStack) -> None:
+    """The re-drive is bounded by the job's age (AIPROD_REDRIVE_MAX_AGE_S, a day)."""
+    created = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    job = Job(id=f"job_{uuid.uuid4().hex}", owner="test", request=JobRequest(prompt="too old"),
+              plan=["replicate-seedance"], status=JobStatus.QUEUED, estimated_cost_usd=0.4,
+              created_at=created, updated_at=created)
+    assert FirestoreJobStore(local.firestore()).create(job)
+    dead = "render-replicate-seedance-dead-letter"
+    response = local.push("dead-letter", dead, {
+        "job_id": job.id, "backend": "replicate-seedance", "attempt": 0}, attributes={
+        "job_id": job.id, "CloudPubSubDeadLetterSourceDeliveryCount": "100",
+        "CloudPubSubDeadLetterSourceSubscription": "render-replicate-seedance"})
+    assert response.status_code == 200
+
+    done = local.wait(job.id, timeout=30)
+    assert done["status"] == "FAILED"
+    assert "dead-lettered" in done["status_reason"]
