@@ -90,6 +90,19 @@ class Stack:
         job: dict[str, Any] = response.json()
         return job
 
+    def failures(self, job_ids: list[str]) -> dict[str, int]:
+        """Why jobs failed: each attempt's error code, counted."""
+        refs = [self.db.collection("jobs").document(j) for j in job_ids]
+        codes: dict[str, int] = {}
+        for doc in self.db.get_all(refs):
+            job = doc.to_dict() or {}
+            if job.get("status") != "FAILED":
+                continue
+            for attempt in job.get("attempts", []):
+                code = f"{attempt.get('backend')}:{(attempt.get('error') or {}).get('code')}"
+                codes[code] = codes.get(code, 0) + 1
+        return codes
+
     def statuses(self, job_ids: list[str]) -> dict[str, str]:
         refs = [self.db.collection("jobs").document(j) for j in job_ids]
         return {doc.id: str((doc.to_dict() or {}).get("status"))
@@ -137,6 +150,7 @@ def burst() -> dict[str, Any]:
         return {
             "jobs": BURST_JOBS, "render_capacity": BURST_CAPACITY,
             "render_s": BURST_RENDER_S, "statuses": counts,
+            "failed_attempts_by_code": stack.failures(jobs),
             "failed": counts.get("FAILED", 0),
             "lost": BURST_JOBS - sum(n for s, n in counts.items() if s in TERMINAL),
             "pushes_refused_429": gate["refused"], "renders_admitted": gate["admitted"],
@@ -188,6 +202,7 @@ def in_flight() -> dict[str, Any]:
         counts = {s: list(statuses.values()).count(s) for s in set(statuses.values())}
         return {
             "jobs": IN_FLIGHT_JOBS, "render_s": IN_FLIGHT_RENDER_S, "statuses": counts,
+            "failed_attempts_by_code": stack.failures(jobs),
             "capacity": gate["capacity"], "peak_renders_in_flight": gate["peak_in_flight"],
             "render_process_peak_rss_mib": round(peak["rss"] / 2**20, 1),
             "render_process_cpu_s": round(cpu_after - cpu_before, 1),
