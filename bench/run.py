@@ -25,6 +25,7 @@ import psutil
 
 from aiprod.localstack import control
 from aiprod.localstack.processes import ManagedProcess, free_port
+from capacity import measure as capacity
 from metrics_overhead import measure as metrics_overhead
 from rate_limits import measure as rate_limits
 
@@ -271,11 +272,14 @@ def main() -> None:
                         "ledger_reservations_per_s_min": 50,
                         "metric_emission_ms_per_invocation_max": 5.0},
         }
-        print(json.dumps(report, indent=2))
     finally:
         floor.stop()
         control.down(state_dir)
         subprocess.run(["rm", "-rf", str(state_dir)], check=False)
+    # Bursts over the deployment's capacity, and renders in flight on one process
+    # (capacity.py: stacks of their own).
+    report["capacity"] = capacity()
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -36,12 +36,12 @@ resource "google_cloudfunctions2_function" "fn" {
   }
 
   service_config {
-    available_memory                 = var.functions[each.value.kind].memory
-    available_cpu                    = var.functions[each.value.kind].cpu
-    timeout_seconds                  = var.functions[each.value.kind].timeout_seconds
-    min_instance_count               = var.functions[each.value.kind].min_instances
-    max_instance_count               = var.functions[each.value.kind].max_instances
-    max_instance_request_concurrency = var.functions[each.value.kind].concurrency
+    available_memory                 = local.sizing[each.value.kind].memory
+    available_cpu                    = local.sizing[each.value.kind].cpu
+    timeout_seconds                  = local.sizing[each.value.kind].timeout_seconds
+    min_instance_count               = local.sizing[each.value.kind].min_instances
+    max_instance_count               = local.sizing[each.value.kind].max_instances
+    max_instance_request_concurrency = local.sizing[each.value.kind].concurrency
     service_account_email            = google_service_account.runtime[each.key].email
     ingress_settings                 = each.value.kind == "api" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true

@@ -46,13 +46,14 @@ resource "google_pubsub_subscription" "push" {
     for_each = each.value.dead_letter_topic == null ? [] : [each.value.dead_letter_topic]
     content {
       dead_letter_topic     = google_pubsub_topic.topic[dead_letter_policy.value].id
-      max_delivery_attempts = local.max_delivery_attempts
+      max_delivery_attempts = local.delivery[each.key].max_delivery_attempts
     }
   }
 
+  # Sized against the function's work (topology.tf, functions.yaml).
   retry_policy {
-    minimum_backoff = local.minimum_backoff
-    maximum_backoff = local.maximum_backoff
+    minimum_backoff = "${local.delivery[each.key].minimum_backoff_s}s"
+    maximum_backoff = "${local.delivery[each.key].maximum_backoff_s}s"
   }
 
   # Never delete an idle subscription (the default expires it after 31 days).

@@ -10,6 +10,17 @@ locals {
   catalog  = yamldecode(file("${path.module}/../backends.yaml"))
   backends = { for b in local.catalog.backends : b.name => b }
 
+  # Sizing per function kind (memory, cpu, timeout, instances, concurrency) and
+  # the retry policy of the subscriptions feeding it: ../functions.yaml, the one
+  # source the local stack reads too (shared/aiprod/topology.py), with the
+  # operator's var.functions overrides on top. Why the numbers: functions.yaml.
+  functions_spec = yamldecode(file("${path.module}/../functions.yaml"))
+  sizing = {
+    for kind, defaults in local.functions_spec.kinds : kind => merge(defaults, {
+      for field, value in try(var.functions[kind], {}) : field => value if value != null
+    })
+  }
+
   intake_topic       = "video-jobs"
   events_topic       = "job-events"
   dead_letter_suffix = "-dead-letter"
@@ -54,7 +65,7 @@ locals {
     AIPROD_IMAGE_BUCKETS         = join(",", var.input_image_buckets)
   }
 
-  render_deadline_s = var.functions.render.timeout_seconds - var.render_handoff_margin_seconds
+  render_deadline_s = local.sizing.render.timeout_seconds - var.render_handoff_margin_seconds
 
   # Every function: entry point in functions/main.py, kind (its sizing and
   # service account role set), plain and secret environment, and the topic whose
@@ -121,7 +132,14 @@ locals {
       secrets = local.provider_secrets[b.provider]
     }
   }
-  functions = merge(local.fixed_functions, local.render_functions)
+  # THREADS: functions-framework's gunicorn serves one request per thread (4 per
+  # core by default); Python needs as many threads as the concurrency
+  # (https://cloud.google.com/functions/docs/configuring/concurrency).
+  functions = {
+    for name, f in merge(local.fixed_functions, local.render_functions) : name => merge(f, {
+      env = merge(f.env, { THREADS = tostring(local.sizing[f.kind].concurrency) })
+    })
+  }
 
   # Pub/Sub: work topics feed one function each through a push subscription
   # with a dead-letter topic; every dead-letter topic feeds the dead-letter
@@ -153,11 +171,25 @@ locals {
   # function's timeout, or Pub/Sub redelivers work that is still running.
   ack_deadline_seconds = {
     for name, s in local.push_subscriptions :
-    name => min(600, var.functions[local.functions[s.function].kind].timeout_seconds + 30)
+    name => min(600, local.sizing[local.functions[s.function].kind].timeout_seconds + 30)
   }
-  max_delivery_attempts = 5
-  minimum_backoff       = "10s"
-  maximum_backoff       = "600s"
+
+  # Retry policy and delivery attempts per subscription, from functions.yaml
+  # `delivery` (by the kind of function it feeds). Pub/Sub backs off
+  # exponentially between the two bounds (each at most 600 s) and dead-letters
+  # after max_delivery_attempts (5..100):
+  # https://cloud.google.com/pubsub/docs/handling-failures
+  # Capacity is never a reason to fail a job: when every render instance is
+  # busy Cloud Run answers the push 429 and Pub/Sub retries. A render message
+  # keeps trying for at least (100 - 1) x 60 s = 99 min, eleven render timeouts
+  # (540 s), while renders in flight finish and free their slots; one that
+  # still dead-letters before its attempt started is put back on its render
+  # topic by the dead-letter function (AIPROD_REDRIVE_MAX times). A webhook
+  # receiver may be down 99 x 60 s = 99 min at the least (tests/infra pin both).
+  delivery = {
+    for name, s in local.push_subscriptions :
+    name => local.functions_spec.delivery[local.functions[s.function].kind]
+  }
 
   # Least privilege: what each function may do; iam.tf grants exactly this.
   render_topics = [for f in values(local.render_functions) : f.topic]

@@ -78,101 +78,72 @@ variable "python_runtime" {
 
 variable "functions" {
   description = <<-EOT
-    Sizing per function kind: memory, cpu, timeout, instance counts and
-    per-instance concurrency. Give only what you change, e.g.
-    functions = { render = { max_instances = 50 } }.
+    Overrides of the sizing per function kind (api, intake, render, dead_letter,
+    notifier): memory, cpu, timeout_seconds, min_instances, max_instances and
+    per-instance concurrency. The defaults, and why they are what they are, are
+    in ../functions.yaml (the one source the local stack reads too). Give only
+    what you change, e.g. functions = { render = { max_instances = 50 } }.
+    Render functions serve many renders at once per instance (concurrency 80 by
+    default): a render spends almost all its time waiting on the provider, and
+    memory stays bounded whatever the concurrency (outputs stream to a file, at
+    most AIPROD_OUTPUT_CHECKS_AT_ONCE are decoded at once); measured in
+    bench/ (README.md, Performance). Concurrency above 1 needs cpu >= 1.
     The render timeout bounds one invocation; a render that needs longer hands
     off to a continuation (AIPROD_RENDER_DEADLINE_S = timeout - render_handoff_margin_seconds).
     Pub/Sub-driven kinds (intake, render, dead_letter, notifier) are capped at 570 s so their
     subscriptions' ack deadline (timeout + 30 s) stays within Pub/Sub's 600 s limit.
   EOT
-  type = object({
-    api = optional(object({
-      memory          = optional(string, "512Mi")
-      cpu             = optional(string, "1")
-      timeout_seconds = optional(number, 60)
-      min_instances   = optional(number, 0)
-      max_instances   = optional(number, 20)
-      concurrency     = optional(number, 8)
-    }), {})
-    intake = optional(object({
-      memory          = optional(string, "512Mi")
-      cpu             = optional(string, "1")
-      timeout_seconds = optional(number, 60)
-      min_instances   = optional(number, 0)
-      max_instances   = optional(number, 10)
-      concurrency     = optional(number, 1)
-    }), {})
-    render = optional(object({
-      memory          = optional(string, "1Gi")
-      cpu             = optional(string, "1")
-      timeout_seconds = optional(number, 540)
-      min_instances   = optional(number, 0)
-      max_instances   = optional(number, 10)
-      concurrency     = optional(number, 1)
-    }), {})
-    dead_letter = optional(object({
-      memory          = optional(string, "256Mi")
-      cpu             = optional(string, "0.167")
-      timeout_seconds = optional(number, 60)
-      min_instances   = optional(number, 0)
-      max_instances   = optional(number, 3)
-      concurrency     = optional(number, 1)
-    }), {})
-    notifier = optional(object({
-      memory          = optional(string, "256Mi")
-      cpu             = optional(string, "0.167")
-      timeout_seconds = optional(number, 60)
-      min_instances   = optional(number, 0)
-      max_instances   = optional(number, 10)
-      concurrency     = optional(number, 1)
-    }), {})
-    # One run at a time is enough (two would be harmless: every re-drive is a claim).
-    watchdog = optional(object({
-      memory          = optional(string, "256Mi")
-      cpu             = optional(string, "0.167")
-      timeout_seconds = optional(number, 180)
-      min_instances   = optional(number, 0)
-      max_instances   = optional(number, 1)
-      concurrency     = optional(number, 1)
-    }), {})
-  })
-  default = {}
+  type = map(object({
+    memory          = optional(string)
+    cpu             = optional(string)
+    timeout_seconds = optional(number)
+    min_instances   = optional(number)
+    max_instances   = optional(number)
+    concurrency     = optional(number)
+  }))
+  default  = {}
+  nullable = false
 
+  # Each kind's sizing is functions.yaml's merged with these overrides (as
+  # local.sizing does; a validation may not refer to it, that would be a cycle).
+  # Only an overridden kind can break a rule, so the rules look at the kinds
+  # given here (tests/infra checks functions.yaml's own values).
+  validation {
+    condition     = alltrue([for kind in keys(var.functions) : contains(keys(local.functions_spec.kinds), kind)])
+    error_message = "functions: each key must be a function kind of functions.yaml (api, intake, render, dead_letter, notifier, watchdog)."
+  }
   validation {
     condition = alltrue([
-      for kind, f in var.functions : can(regex("^[0-9]+(Mi|Gi|M|G)$", f.memory))
+      for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : can(regex("^[0-9]+(Mi|Gi|M|G)$", m.memory))
     ])
     error_message = "functions.*.memory must look like 256Mi, 512Mi, 1Gi or 2G."
   }
   validation {
     condition = alltrue([
-      for kind, f in var.functions : f.min_instances >= 0 && f.max_instances >= 1 && f.min_instances <= f.max_instances
+      for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } :
+      m.min_instances >= 0 && m.max_instances >= 1 && m.min_instances <= m.max_instances
     ])
     error_message = "functions.*: need 0 <= min_instances <= max_instances and max_instances >= 1."
   }
   validation {
-    condition     = alltrue([for kind, f in var.functions : f.concurrency >= 1 && f.concurrency <= 1000])
+    condition     = alltrue([for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : m.concurrency >= 1 && m.concurrency <= 1000])
     error_message = "functions.*.concurrency must be between 1 and 1000."
   }
   validation {
-    condition     = var.functions.api.timeout_seconds >= 1 && var.functions.api.timeout_seconds <= 3600
+    condition     = alltrue([for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : m.concurrency == 1 || tonumber(m.cpu) >= 1])
+    error_message = "functions.*: a concurrency above 1 needs cpu >= 1 (https://cloud.google.com/functions/docs/configuring/concurrency)."
+  }
+  validation {
+    condition = alltrue([
+      for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : kind != "api" || (m.timeout_seconds >= 1 && m.timeout_seconds <= 3600)
+    ])
     error_message = "functions.api.timeout_seconds must be 1-3600 (the HTTP function limit)."
   }
   validation {
     condition = alltrue([
-      for kind in ["intake", "render", "dead_letter", "notifier"] :
-      var.functions[kind].timeout_seconds >= 10 && var.functions[kind].timeout_seconds <= 570
+      for kind, m in { for kind, f in var.functions : kind => merge(local.functions_spec.kinds[kind], { for k, v in f : k => v if v != null }) if contains(keys(local.functions_spec.kinds), kind) } : kind == "api" || (m.timeout_seconds >= 10 && m.timeout_seconds <= 570)
     ])
     error_message = "Pub/Sub-driven functions (intake, render, dead_letter, notifier) need 10 <= timeout_seconds <= 570 so that the ack deadline (timeout + 30 s) fits Pub/Sub's 600 s maximum."
-  }
-  validation {
-    condition     = var.functions.watchdog.timeout_seconds >= var.watchdog_interval_seconds + 60 && var.functions.watchdog.timeout_seconds <= 1800
-    error_message = "functions.watchdog.timeout_seconds must be at least watchdog_interval_seconds + 60 (a run stops starting new pages after one interval, then finishes its page) and at most 1800 (Cloud Scheduler's longest attempt deadline)."
-  }
-  validation {
-    condition     = var.functions.render.timeout_seconds - var.render_handoff_margin_seconds >= 60
-    error_message = "functions.render.timeout_seconds must leave at least 60 s of rendering after render_handoff_margin_seconds."
   }
 }
 
@@ -185,6 +156,10 @@ variable "render_handoff_margin_seconds" {
     condition     = var.render_handoff_margin_seconds >= 30 && var.render_handoff_margin_seconds <= 300
     error_message = "render_handoff_margin_seconds must be between 30 and 300."
   }
+  validation {
+    condition     = local.sizing.render.timeout_seconds - var.render_handoff_margin_seconds >= 60
+    error_message = "functions.render.timeout_seconds must leave at least 60 s of rendering after render_handoff_margin_seconds."
+  }
 }
 
 variable "watchdog_interval_seconds" {
@@ -195,6 +170,10 @@ variable "watchdog_interval_seconds" {
   validation {
     condition     = var.watchdog_interval_seconds >= 60 && var.watchdog_interval_seconds <= 3600 && var.watchdog_interval_seconds % 60 == 0 && 60 % (var.watchdog_interval_seconds / 60) == 0
     error_message = "watchdog_interval_seconds must be a whole number of minutes that divides an hour (60, 120, 180, 240, 300, 360, 600, 720, 900, 1200, 1800 or 3600)."
+  }
+  validation {
+    condition     = local.sizing.watchdog.timeout_seconds >= var.watchdog_interval_seconds + 60 && local.sizing.watchdog.timeout_seconds <= 1800
+    error_message = "functions.watchdog.timeout_seconds must be at least watchdog_interval_seconds + 60 (a run stops starting new pages after one interval, then finishes its page) and at most 1800 (Cloud Scheduler's longest attempt deadline)."
   }
 }
 

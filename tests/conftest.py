@@ -23,6 +23,9 @@ from aiprod.domain.views import public_job
 from aiprod.localstack import control
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
+# Deliveries before a message is dead-lettered on the tests' stack: Pub/Sub's
+# minimum (production: functions.yaml), so dead-letter paths run in seconds.
+MAX_DELIVERY_ATTEMPTS = 5
 CIRCUIT_COOLDOWN_S = 3
 RENDER_DEADLINE_S = 3
 
@@ -71,6 +74,19 @@ class LocalStack:
     def fault(self, provider: str, mode: str, rate: float = 1.0, **extra: float) -> None:
         self.http.post(f"{self.sim(provider)}/_sim/fault",
                    json={"mode": mode, "rate": rate, **extra}, timeout=10).raise_for_status()
+
+    def gate(self, function: str) -> dict[str, int]:
+        """The function's capacity gate: capacity, in flight, peak, admitted, refused (429)."""
+        stats: dict[str, int] = self.http.get(f"{self.url(function)}/_gate/stats",
+                                              timeout=10).json()
+        return stats
+
+    def set_capacity(self, function: str, capacity: int | None = None) -> None:
+        """Requests the function serves at once (None: what the stack started with)."""
+        if capacity is None:
+            capacity = int(self.state["capacity"][function])
+        self.http.post(f"{self.url(function)}/_gate/capacity", json={"capacity": capacity},
+                       timeout=10).raise_for_status()
 
     def sim_stats(self, provider: str) -> dict[str, Any]:
         stats: dict[str, Any] = self.http.get(f"{self.sim(provider)}/_sim/stats", timeout=10).json()
@@ -169,7 +185,8 @@ def running_stack(state_dir: Path, **settings: str) -> Iterator[LocalStack]:
     saved = {k: os.environ.get(k) for k in settings}
     os.environ.update(settings)
     try:
-        state = control.up(state_dir, port_base=0, sim_latency_s=0.3)
+        state = control.up(state_dir, port_base=0, sim_latency_s=0.3,
+                           max_delivery_attempts=MAX_DELIVERY_ATTEMPTS)
     finally:
         for key, value in saved.items():
             if value is None:

@@ -86,11 +86,15 @@ def dev() -> None:
               help="First of the consecutive ports the stack uses (0: any free ports).")
 @click.option("--sim-latency", type=float, default=1.0, show_default=True,
               help="Seconds a simulated render takes.")
-def dev_up(port_base: int, sim_latency: float) -> None:
+@click.option("--render-capacity", type=click.IntRange(min=1), default=None,
+              help="Requests each render function serves at once in all (default: what the "
+                   "deployment gives it, functions.yaml); beyond, 429 and Pub/Sub retries.")
+def dev_up(port_base: int, sim_latency: float, render_capacity: int | None) -> None:
     """Start everything; return once every part answers."""
     with console.status("starting emulators, simulators and functions..."):
         try:
-            state = control.up(state_dir(), port_base, sim_latency)
+            state = control.up(state_dir(), port_base, sim_latency,
+                               render_capacity=render_capacity)
         except RuntimeError as error:
             raise click.ClickException(str(error)) from error
     _print_status(state)

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     transient_retry_initial_s: float = 1.0
     transient_retry_budget_s: float = 30.0
     fallback_on_refusal: bool = False  # a refused prompt is refused everywhere
+    # Outputs a render process downloads, decodes and checks at once, whatever its
+    # concurrency: what bounds its memory (and /tmp, which is memory on Cloud Functions).
+    output_checks_at_once: int = Field(default=2, ge=1)
+    # A render message dead-lettered before its attempt started (every instance was
+    # busy for all its deliveries) goes back on its render topic while the job is
+    # younger than this; after, the job ends FAILED.
+    redrive_max_age_s: float = 24 * 3600.0
 
     # Backend health (circuit breakers shared by every instance).
     circuit_strikes: int = 3

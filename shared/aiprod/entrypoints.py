@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import re
@@ -27,7 +26,7 @@ from aiprod.logs import log
 from aiprod.openapi import JOB_REQUEST_SCHEMA_ID
 from aiprod.problems import invalid_request
 from aiprod.runtime import get_runtime
-from aiprod.services import admission, telemetry, webhooks
+from aiprod.services import admission, messages, telemetry, webhooks
 from aiprod.services import watchdog as watchdog_service
 from aiprod.services.cancel import stop_task
 from aiprod.services.deadletter import handle_dead_letter
@@ -92,10 +91,7 @@ def render(event: CloudEvent) -> None:
 
 def intake_job_id(message: PubSubMessage) -> str:
     """Stable per message (or per publisher idempotency key), so redelivery admits once."""
-    key = message.attributes.get("idempotency_key")
-    scoped = (f"key:{message.attributes.get('publisher', '')}:{key}" if key
-              else f"message:{message.id}")
-    return "job_" + hashlib.sha256(f"pubsub:{scoped}".encode()).hexdigest()[:32]
+    return messages.intake_job_id(message.attributes, message.id)
 
 
 def intake_owner(message: PubSubMessage) -> str:
@@ -197,7 +193,7 @@ def dead_letter(event: CloudEvent) -> None:
     except ValueError:
         payload = {}
     handle_dead_letter(get_runtime(), payload if isinstance(payload, dict) else {},
-                       message.attributes)
+                       message.attributes, message.id)
 
 
 @tracing.http_entry

@@ -1,9 +1,16 @@
-"""Wires adapters to settings once per process, so warm invocations reuse clients."""
+"""Wires adapters to settings once per process, so warm invocations reuse clients.
+
+One instance serves many requests at once (render functions run with a
+concurrency above 1, each request on its own thread), so everything here is
+shared between threads: the Firestore, Pub/Sub and provider clients are
+thread-safe (gRPC channels and httpx clients), and what this module caches is
+built under a lock.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,16 +45,34 @@ class Runtime:
     clock: Callable[[], dt.datetime] = utcnow
     sleep: Callable[[float], None] = time.sleep
     _providers: dict[str, VideoProvider] = field(default_factory=dict)
+    _providers_lock: threading.Lock = field(default_factory=threading.Lock)
+    # At most settings.output_checks_at_once outputs downloaded and decoded at once in
+    # this process, whatever the concurrency: what bounds memory (and /tmp).
+    output_checks: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(2))
 
     def provider(self, backend: str) -> VideoProvider:
-        if backend not in self._providers:
-            spec = self.catalog.get(backend)
-            self._providers[backend] = metered(make_provider(spec, self.settings), spec)
-        return self._providers[backend]
+        with self._providers_lock:  # one client per backend, shared by every request
+            if backend not in self._providers:
+                spec = self.catalog.get(backend)
+                self._providers[backend] = metered(make_provider(spec, self.settings), spec)
+            return self._providers[backend]
 
 
-@functools.cache
+_RUNTIME: Runtime | None = None
+_RUNTIME_LOCK = threading.Lock()
+
+
 def get_runtime() -> Runtime:
+    """The process's runtime, built once (concurrent first requests wait for it)."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        if _RUNTIME is None:
+            _RUNTIME = _build_runtime()
+        return _RUNTIME
+
+
+def _build_runtime() -> Runtime:
     from google.cloud import firestore
 
     settings = get_settings()
@@ -61,4 +86,5 @@ def get_runtime() -> Runtime:
         ledger=FirestoreLedger(client),
         health=FirestoreHealth(client),
         access=FirestoreAccess(client),
+        output_checks=threading.BoundedSemaphore(settings.output_checks_at_once),
     )

@@ -171,9 +171,11 @@ def test_each_entry_point_starts_from_the_archive(installed: Path) -> None:
         # A render message nobody can read is dropped (acknowledged) without I/O.
         assert call("render", "POST", f"/projects/p/topics/render-{backend}",
                     push_body(b"not json")).status_code == 200
-        # A dead-lettered intake message is logged and acknowledged without I/O.
-        assert call("dead_letter", "POST", "/projects/p/topics/video-jobs-dead-letter",
-                    push_body(b"{}")).status_code == 200
+        # A dead-lettered webhook event is logged and acknowledged without I/O (an
+        # intake dead letter is answered on job-events: Pub/Sub, not reachable here).
+        assert call("dead_letter", "POST", "/projects/p/topics/job-events-dead-letter",
+                    push_body(b'{"event_id": "job_1:job.succeeded", "type": "job.succeeded"}')
+                    ).status_code == 200
         # The OpenAPI document is generated from the models inside the archive too.
         document = call("api", "GET", "/v1/openapi.json")
         assert (document.status_code, document.json()["openapi"]) == (200, "3.1.0")

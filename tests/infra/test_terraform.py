@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from aiprod.catalog import load_catalog
 from aiprod.config import Settings
-from aiprod.topology import DEAD_LETTER_SUFFIX, MAX_DELIVERY_ATTEMPTS, topology
+from aiprod.topology import DEAD_LETTER_SUFFIX, load_functions_spec, topology
 from tests.infra import provider_schema, tfconfig
 from tests.infra.conftest import PROJECT
 from tests.infra.tfconfig import Deployment, Instance, Ref, Template, Unsupported
@@ -36,6 +36,10 @@ DEFAULTED = {
     "fallback_on_refusal": "policy: a prompt one provider refuses is not sent to the next",
     "circuit_strikes": "circuit breaker: the design's 3 consecutive failures open it",
     "circuit_cooldown_s": "circuit breaker cool-down: the code default is the tested value",
+    "output_checks_at_once": "outputs decoded at once per render process: the code default "
+                             "is the measured value (bench/, functions.yaml)",
+    "redrive_max_age_s": "how long a job may wait for render capacity: the documented "
+                         "default (a day)",
     "backend_busy_wait_s": "wait for a provider call slot: the code default is the tested value",
     "unknown_outcome_wait_s": "empty in production: the catalog's task_timeout_s per backend",
     "runway_base_url": "Runway's production API by default; the local stack overrides it",
@@ -60,6 +64,9 @@ SCOPED_TO_KIND = {
     "watchdog_stale_s": "watchdog",
 }
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)$")
+# Variables the platform's server reads rather than the code: functions-framework's
+# gunicorn threads (one per concurrent request).
+SERVER_VARIABLES = {"THREADS"}
 
 
 def env_name(name: str) -> str:
@@ -414,6 +421,7 @@ def test_subscriptions_dead_letter_retry_and_outlast_their_function(
         deployment: Deployment) -> None:
     fns = {fn.key: fn for fn in deployment.instances(FUNCTION, "fn").values()}
     subs = list(deployment.instances(SUBSCRIPTION, "push").values())
+    spec = load_functions_spec()
     assert subs
     for sub in subs:
         name = sub.get("name")
@@ -421,18 +429,73 @@ def test_subscriptions_dead_letter_retry_and_outlast_their_function(
         timeout = target.block("service_config").get("timeout_seconds")
         ack = sub.get("ack_deadline_seconds")
         assert timeout < ack <= 600, f"{name}: ack deadline {ack} vs function timeout {timeout}"
+        # The retry policy is functions.yaml's for the kind of function it feeds.
+        delivery = spec.delivery[kind(target)]
         retry = sub.block("retry_policy")
-        assert (retry.get("minimum_backoff"), retry.get("maximum_backoff")) == ("10s", "600s")
+        assert (retry.get("minimum_backoff"), retry.get("maximum_backoff")) == (
+            f"{delivery.minimum_backoff_s}s", f"{delivery.maximum_backoff_s}s"), name
         assert sub.block("expiration_policy").get("ttl") == "", f"{name} would expire when idle"
         policies = sub.blocks("dead_letter_policy")
         if name.endswith(DEAD_LETTER_SUFFIX):
             assert not policies, f"{name} is on a dead-letter topic: it must not dead-letter"
         else:
             (policy,) = policies
-            assert policy.get("max_delivery_attempts") == MAX_DELIVERY_ATTEMPTS
+            assert policy.get("max_delivery_attempts") == delivery.max_delivery_attempts
             assert deployment.resolve(policy.get("dead_letter_topic")).get("name") == (
                 f"{deployment.resolve(sub.get('topic')).get('name')}{DEAD_LETTER_SUFFIX}")
         assert target.key in fns
+
+
+# Pub/Sub's documented bounds: each backoff 0..600 s, max_delivery_attempts 5..100
+# (https://cloud.google.com/pubsub/docs/handling-failures,
+# https://cloud.google.com/pubsub/docs/dead-letter-topics). Pub/Sub's backoff grows
+# from the minimum to the maximum, so the minimum is all one may count on: the
+# retry window is at least (attempts - 1) x minimum_backoff.
+def test_retries_are_sized_against_the_work_they_wait_for(deployment: Deployment) -> None:
+    spec = load_functions_spec()
+    for kind_name, delivery in spec.delivery.items():
+        assert 0 <= delivery.minimum_backoff_s <= delivery.maximum_backoff_s <= 600, kind_name
+        if delivery.max_delivery_attempts is not None:
+            assert 5 <= delivery.max_delivery_attempts <= 100, kind_name
+    # A webhook receiver may be down an hour (and more) before delivery gives up.
+    assert spec.delivery["notifier"].guaranteed_retry_s >= 3600
+    # A render refused because every instance is busy (429) keeps trying while many
+    # renders in flight finish (each at most a render timeout).
+    render_timeouts = {fn.block("service_config").get("timeout_seconds")
+                       for fn in functions(deployment).values() if kind(fn) == "render"}
+    assert spec.delivery["render"].guaranteed_retry_s >= 10 * max(render_timeouts)
+    # A job refused while every fitting circuit cools down outlasts a cool-down.
+    assert spec.delivery["intake"].guaranteed_retry_s >= Settings().circuit_cooldown_s * 5
+
+
+def test_function_sizing_is_functions_yaml_and_threads_match_concurrency(
+        deployment: Deployment) -> None:
+    spec = load_functions_spec()
+    for name, fn in functions(deployment).items():
+        sizing = spec.kinds[kind(fn)]
+        config = fn.block("service_config")
+        assert (config.get("available_memory"), config.get("available_cpu"),
+                config.get("timeout_seconds"), config.get("min_instance_count"),
+                config.get("max_instance_count"),
+                config.get("max_instance_request_concurrency")) == (
+            sizing.memory, sizing.cpu, sizing.timeout_seconds, sizing.min_instances,
+            sizing.max_instances, sizing.concurrency), name
+        # Python serves one request per gunicorn thread: as many threads as requests
+        # (https://cloud.google.com/functions/docs/configuring/concurrency).
+        assert plain_env(fn)["THREADS"] == str(sizing.concurrency), name
+        # Concurrency above 1 needs a whole vCPU (same page).
+        assert sizing.concurrency == 1 or float(sizing.cpu) >= 1, name
+    assert spec.kinds["render"].concurrency > 1  # renders wait on providers: many at once
+
+
+def test_operator_overrides_merge_over_functions_yaml(tf_config: tfconfig.Config,
+                                                     tmp_path: Path) -> None:
+    evaluated = tfconfig.evaluate_locals(tf_config, tmp_path, {
+        "project_id": PROJECT, "functions": {"render": {"max_instances": 50}}})
+    sizing = evaluated.locals["sizing"]
+    assert sizing["render"]["max_instances"] == 50
+    assert sizing["render"]["concurrency"] == load_functions_spec().kinds["render"].concurrency
+    assert sizing["api"]["max_instances"] == load_functions_spec().kinds["api"].max_instances
 
 
 def test_render_hands_off_before_its_timeout(deployment: Deployment) -> None:
@@ -451,6 +514,8 @@ def test_render_hands_off_before_its_timeout(deployment: Deployment) -> None:
     ({"daily_budget_warn_usd": 150}, "at most daily_budget_usd"),
     ({"secret_version": "newest"}, "secret_version"),
     ({"python_runtime": "python311"}, "python_runtime"),
+    ({"functions": {"renderer": {"max_instances": 5}}}, "function kind of functions.yaml"),
+    ({"functions": {"dead_letter": {"concurrency": 4}}}, "needs cpu >= 1"),
 ])
 def test_variables_reject_unsafe_values(tf_config: tfconfig.Config, tmp_path: Path,
                                         override: dict[str, Any], message: str) -> None:
@@ -499,7 +564,7 @@ def test_every_setting_is_set_where_it_is_read_or_deliberately_defaulted(
                 problems.append(f"{fn_name}: {name} is set on a function that does not read it")
     for fn_name, fn in fns.items():
         for name in set(plain_env(fn)) | set(secret_env(fn)):
-            if name not in known:
+            if name not in known | SERVER_VARIABLES:
                 problems.append(f"{fn_name}: {name} is not a setting the code reads (typo?)")
     assert not problems, "\n".join(problems)
 

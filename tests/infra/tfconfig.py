@@ -139,8 +139,9 @@ class Evaluated:
 
 def evaluate_locals(config: Config, scratch: Path, variables: dict[str, Any],
                     catalog: str | None = None, monitoring: str | None = None) -> Evaluated:
-    """Run Terraform on the locals-only files in `scratch`; `catalog` and `monitoring`
-    replace backends.yaml and monitoring.yaml."""
+    """Run Terraform on the locals-only files in `scratch` (beside copies of
+    functions.yaml and the catalogs); `catalog` and `monitoring` replace
+    backends.yaml and monitoring.yaml."""
     module = scratch / "terraform"
     module.mkdir(parents=True, exist_ok=True)
     for name in LOCALS_FILES:
@@ -151,6 +152,7 @@ def evaluate_locals(config: Config, scratch: Path, variables: dict[str, Any],
         (scratch / "monitoring.yaml").write_text(monitoring)
     elif (REPO / "monitoring.yaml").exists():
         shutil.copy(REPO / "monitoring.yaml", scratch / "monitoring.yaml")
+    shutil.copy(REPO / "functions.yaml", scratch / "functions.yaml")
     local_names = [n for f in LOCALS_FILES for n in locals_in(config, f)]
     body = ["output \"locals\" {", "  value = {"]
     body += [f"    {n} = local.{n}" for n in local_names]

@@ -14,9 +14,12 @@ def main() -> None:
     parser.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE)
     parser.add_argument("--sim-latency", type=float, default=1.0)
     parser.add_argument("--poll-interval", type=float, default=0.25)
+    parser.add_argument("--render-capacity", type=int, default=None)
+    parser.add_argument("--max-delivery-attempts", type=int, default=None)
     args = parser.parse_args()
     run_supervisor(StackOptions(args.state_dir, args.port_base, args.sim_latency,
-                                args.poll_interval))
+                                args.poll_interval, args.render_capacity,
+                                args.max_delivery_attempts))
 
 
 if __name__ == "__main__":

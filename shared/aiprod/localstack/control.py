@@ -44,8 +44,13 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any] | None:
 
 
 def up(state_dir: Path = DEFAULT_STATE_DIR, port_base: int = DEFAULT_PORT_BASE,
-       sim_latency_s: float = 1.0, timeout: float = 120.0) -> dict[str, Any]:
-    """Start the stack unless it runs already; return once everything answers."""
+       sim_latency_s: float = 1.0, timeout: float = 120.0, render_capacity: int | None = None,
+       max_delivery_attempts: int | None = None) -> dict[str, Any]:
+    """Start the stack unless it runs already; return once everything answers.
+
+    `render_capacity` caps each render function at that many requests at once (429
+    beyond, as production when every instance is busy); `max_delivery_attempts`
+    replaces functions.yaml's before Pub/Sub dead-letters (5..100)."""
     running = status(state_dir)
     if running is not None and running.get("ready"):
         return running
@@ -54,7 +59,10 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, port_base: int = DEFAULT_PORT_BASE,
     log = (state_dir / "supervisor.log").open("ab")
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "aiprod.localstack", "--state-dir", str(state_dir),
-         "--port-base", str(port_base), "--sim-latency", str(sim_latency_s)],
+         "--port-base", str(port_base), "--sim-latency", str(sim_latency_s),
+         *(["--render-capacity", str(render_capacity)] if render_capacity is not None else []),
+         *(["--max-delivery-attempts", str(max_delivery_attempts)]
+           if max_delivery_attempts is not None else [])],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True)
     log.close()

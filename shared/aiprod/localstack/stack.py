@@ -4,7 +4,6 @@ background supervisor process; see control.py)."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import os
 import secrets
@@ -20,8 +19,9 @@ import httpx
 
 from aiprod.catalog import REPO_ROOT, Catalog, load_catalog
 from aiprod.config import Settings
+from aiprod.localstack.delivery import PushRelay
 from aiprod.localstack.processes import ManagedProcess, free_port
-from aiprod.topology import MAX_DELIVERY_ATTEMPTS, Function, topology
+from aiprod.topology import Function, topology
 
 PROJECT = "aiprod-local"
 FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
@@ -88,6 +88,14 @@ class StackOptions:
     port_base: int = DEFAULT_PORT_BASE  # 0: pick free ports
     sim_latency_s: float = 1.0
     poll_interval_s: float = 0.25
+    # Requests each render function serves at once in all (None: what the deployment
+    # gives it, max_instances x concurrency from functions.yaml); beyond, 429.
+    render_capacity: int | None = None
+    # Delivery attempts before a message is dead-lettered (None: functions.yaml's).
+    max_delivery_attempts: int | None = None
+    # Production's retry backoff (functions.yaml) times this: the simulators render in
+    # seconds what providers render in minutes.
+    delivery_time_scale: float = 1 / 60
 
 
 class Ports:
@@ -178,14 +186,18 @@ class Stack:
         }
         self.settings = Settings()
         self.topology = topology(self.catalog, self.settings)
-        functions_framework = str(Path(sys.executable).parent / "functions-framework")
         self.functions: dict[str, ManagedProcess] = {}
+        self.capacity: dict[str, int] = {}
         for function in self.topology.functions:
             port = ports.take()
+            self.capacity[function.name] = self._capacity(function)
             self.functions[function.name] = ManagedProcess(
                 function.name, "function",
-                [functions_framework, f"--target={function.target}",
-                 f"--source={FUNCTIONS_SOURCE}", "--host=127.0.0.1", f"--port={port}"],
+                # functions-framework's app and server behind the deployment's capacity
+                # (serve.py: dev only, 429 beyond it like Cloud Run)
+                [sys.executable, "-m", "aiprod.localstack.serve", f"--target={function.target}",
+                 f"--source={FUNCTIONS_SOURCE}", "--host=127.0.0.1", f"--port={port}",
+                 f"--capacity={self.capacity[function.name]}"],
                 url=f"http://127.0.0.1:{port}",
                 ready_url=f"http://127.0.0.1:{port}/healthz" if function.target == "api"
                 else f"http://127.0.0.1:{port}/",
@@ -196,7 +208,15 @@ class Stack:
                 env=self.function_env | dict(function.env) | dict.fromkeys(credentials, "") | {
                     name: credentials[name]
                     for name in credentials_for(function, self.catalog)})
+        self.relays: list[PushRelay] = []
         self._stopping = threading.Event()
+
+    def _capacity(self, function: Function) -> int:
+        """What the deployment serves at once: every instance full (functions.yaml)."""
+        capacity = function.sizing.capacity
+        if function.target == "render" and self.options.render_capacity is not None:
+            capacity = min(capacity, self.options.render_capacity)
+        return capacity
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -210,6 +230,8 @@ class Stack:
         self._write_secrets()
         for part in [*self.simulators.values(), *self.functions.values()]:
             part.wait_ready(60 if part.kind == "function" else 30)
+        for relay in self.relays:
+            relay.start()
         self.write_state(ready=True)
 
     def _create_topology(self) -> None:
@@ -223,20 +245,25 @@ class Stack:
         for sub in self.topology.subscriptions:
             function = self.functions[sub.function]
             topic_path = publisher.topic_path(PROJECT, sub.topic)
+            ack_deadline = 120 if sub.function.startswith("render-") else 30
+            # A pull subscription and a relay that pushes like production (delivery.py:
+            # the emulator's own push holds at most 2 requests in flight and stops
+            # redelivering under a retry policy).
             request: dict[str, Any] = {
                 "name": subscriber.subscription_path(PROJECT, sub.name),
                 "topic": topic_path,
-                # The path carries the topic, so the CloudEvent `source` names it.
-                "push_config": {"push_endpoint": f"{function.url}/{topic_path}"},
-                "ack_deadline_seconds": 120 if sub.function.startswith("render-") else 30,
-                "retry_policy": {"minimum_backoff": dt.timedelta(seconds=1),
-                                 "maximum_backoff": dt.timedelta(seconds=10)},
+                "ack_deadline_seconds": ack_deadline,
             }
-            if sub.dead_letter_topic:
+            attempts = sub.delivery.max_delivery_attempts
+            if sub.dead_letter_topic and attempts:
                 request["dead_letter_policy"] = {
                     "dead_letter_topic": publisher.topic_path(PROJECT, sub.dead_letter_topic),
-                    "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS}
+                    "max_delivery_attempts": self.options.max_delivery_attempts or attempts}
             subscriber.create_subscription(request=request)
+            # The path carries the topic, so the CloudEvent `source` names it.
+            self.relays.append(PushRelay(
+                subscriber, request["name"], f"{function.url}/{topic_path}", ack_deadline,
+                sub.delivery, self.options.delivery_time_scale))
 
     def _write_secrets(self) -> None:
         """A dev API key (created in the emulator) and the webhook signing key, each in
@@ -280,6 +307,8 @@ class Stack:
 
     def stop(self) -> None:
         self._stopping.set()
+        for relay in self.relays:
+            relay.stop()
         parts = [*self.functions.values(), *self.simulators.values(), *self.emulators]
         threads = [threading.Thread(target=p.stop) for p in parts]
         for thread in threads:
@@ -303,6 +332,7 @@ class Stack:
             "api_key_file": str(self.state_dir / API_KEY_FILE),
             "webhook_signing_key_file": str(self.state_dir / WEBHOOK_KEY_FILE),
             "env": self.env,
+            "capacity": self.capacity,
             "parts": [{"name": p.name, "kind": p.kind, "url": p.url, "pid": p.pid,
                        "alive": p.alive(), "restarts": p.restarts, "log": str(p.log_path)}
                       for p in self.parts()],

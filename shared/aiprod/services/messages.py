@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -24,3 +25,12 @@ class RenderMessage(BaseModel):
         """The published JSON: a render message stays exactly what it always was, so
         instances still running older code read it during a rollout."""
         return self.model_dump(exclude_defaults=True)
+
+
+def intake_job_id(attributes: dict[str, str], message_id: str) -> str:
+    """The job id of a message on the intake topic: stable per message (or per
+    publisher idempotency key), so a redelivery admits once."""
+    key = attributes.get("idempotency_key")
+    scoped = (f"key:{attributes.get('publisher', '')}:{key}" if key
+              else f"message:{message_id}")
+    return "job_" + hashlib.sha256(f"pubsub:{scoped}".encode()).hexdigest()[:32]

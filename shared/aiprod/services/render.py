@@ -350,13 +350,17 @@ def _ended_elsewhere(rt: Runtime, message: RenderMessage, backend: Backend | Non
 
 def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: TaskStatus) -> None:
     """Copy the output into our storage at once (provider URLs expire), check it,
-    and end the job with it."""
+    and end the job with it. Memory stays bounded whatever the concurrency: the
+    download streams to a file, the check decodes frame by frame, the upload
+    streams from the file, and rt.output_checks bounds how many run at once."""
     provider = rt.provider(backend.name)
     job = rt.store.get(message.job_id)
     if job is None or job.status.terminal:
         return
     request = job.request
-    with tempfile.TemporaryDirectory(prefix="aiprod-") as tmp:
+    # Streamed to a file, never held whole; and at most output_checks_at_once outputs
+    # on disk and decoding at once in this process, however many renders it serves.
+    with rt.output_checks, tempfile.TemporaryDirectory(prefix="aiprod-") as tmp:
         path = Path(tmp) / "output.mp4"
         rendered_cost = (status.cost_usd if status.cost_usd is not None
                          else job.attempts[message.attempt].estimated_cost_usd)

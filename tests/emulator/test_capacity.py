@@ -1,0 +1,136 @@
+"""A burst bigger than the deployment: the local stack refuses what production
+would refuse (429 when every instance is busy), Pub/Sub retries and dead-letters,
+and no job fails or is lost for it."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from google.cloud import pubsub_v1
+
+from aiprod.adapters.store import FirestoreJobStore
+from aiprod.domain.job import Job, JobRequest, JobStatus
+from tests.conftest import MAX_DELIVERY_ATTEMPTS, LocalStack
+from tests.emulator.test_public_api import pull_events
+
+pytestmark = pytest.mark.emulator
+RENDER_FUNCTIONS = ("render-runway-gen45", "render-veo-31-fast", "render-replicate-seedance")
+
+
+@pytest.fixture
+def job_events(stack: LocalStack) -> Iterator[tuple[pubsub_v1.SubscriberClient, str]]:
+    """A pull subscription on job-events, as another system would have."""
+    subscriber = pubsub_v1.SubscriberClient()
+    path = subscriber.subscription_path("aiprod-local", f"test-events-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=path, topic="projects/aiprod-local/topics/job-events")
+    yield subscriber, path
+    subscriber.delete_subscription(subscription=path)
+
+
+@pytest.fixture
+def render_capacity(local: LocalStack) -> Iterator[None]:
+    """Each render function serves at most 2 requests at once (--render-capacity 2)."""
+    for function in RENDER_FUNCTIONS:
+        local.set_capacity(function, 2)
+    yield
+    for function in RENDER_FUNCTIONS:
+        local.set_capacity(function)
+
+
+def refused(local: LocalStack, functions: tuple[str, ...] = RENDER_FUNCTIONS) -> int:
+    return sum(local.gate(f)["refused"] for f in functions)
+
+
+def test_a_burst_over_render_capacity_fails_no_job_and_renders_each_once(
+        local: LocalStack, render_capacity: None) -> None:
+    refused_before = refused(local)
+    run = uuid.uuid4().hex[:8]
+    prompts = [f"burst {run} {n}" for n in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        jobs = list(pool.map(lambda prompt: local.submit(prompt=prompt)["id"], prompts))
+
+    done = [local.wait(job_id, timeout=180) for job_id in jobs]
+
+    assert [job["status"] for job in done] == ["SUCCEEDED"] * 20, [
+        (job["status"], job.get("status_reason")) for job in done]
+    # The deployment was full: pushes were refused (and retried), never run over capacity.
+    assert refused(local) > refused_before
+    assert all(local.gate(f)["peak_in_flight"] <= 2 for f in RENDER_FUNCTIONS)
+    # Each job was rendered by exactly one provider task.
+    assert all(len(job["attempts"]) == 1 for job in done)
+    tasks = collections.Counter(task["prompt"] for provider in ("runway", "veo", "replicate")
+                                for task in local.sim_tasks(provider))
+    assert {prompt: tasks[prompt] for prompt in prompts} == dict.fromkeys(prompts, 1)
+
+
+def test_a_render_dead_lettered_before_it_started_goes_back_to_work(local: LocalStack) -> None:
+    function = "render-replicate-seedance"
+    before = local.gate(function)["refused"]
+    local.set_capacity(function, 0)  # every instance busy, for as long as it takes
+    try:
+        job = local.submit(prompt=f"waits for capacity {uuid.uuid4().hex[:8]}")
+        assert job["plan"][0] == "replicate-seedance"
+        # More refusals than one message's deliveries: it was dead-lettered and re-driven.
+        deadline = time.monotonic() + 60
+        while local.gate(function)["refused"] - before <= MAX_DELIVERY_ATTEMPTS + 1:
+            assert time.monotonic() < deadline, local.gate(function)
+            assert local.job(job["id"])["status"] == "QUEUED"
+            time.sleep(0.5)
+    finally:
+        local.set_capacity(function)
+
+    done = local.wait(job["id"], timeout=60)
+    assert done["status"] == "SUCCEEDED", done
+    assert [a["backend"] for a in done["attempts"]] == ["replicate-seedance"]
+
+
+def test_an_intake_message_that_dead_letters_ends_with_job_rejected(
+        local: LocalStack, job_events: tuple[pubsub_v1.SubscriberClient, str]) -> None:
+    subscriber, path = job_events
+    publisher = pubsub_v1.PublisherClient()
+    correlation_id = f"never-admitted-{uuid.uuid4().hex[:8]}"
+    before = local.gate("intake")["refused"]
+    local.set_capacity("intake", 0)  # the intake deployment stays full
+    try:
+        publisher.publish(publisher.topic_path("aiprod-local", "video-jobs"),
+                          json.dumps({"prompt": "a fox"}).encode(),
+                          correlation_id=correlation_id).result(timeout=30)
+        events = pull_events(subscriber, path, {correlation_id}, lambda found: bool(found),
+                             timeout=60)
+    finally:
+        local.set_capacity("intake")
+
+    [event] = events
+    assert event["type"] == "job.rejected"
+    assert event["status"] == "REJECTED"
+    assert event["code"] == "dead-lettered"
+    assert f"{MAX_DELIVERY_ATTEMPTS} deliveries" in event["reason"]
+    assert event["attributes"]["correlation_id"] == correlation_id
+    assert local.gate("intake")["refused"] - before == MAX_DELIVERY_ATTEMPTS
+
+
+def test_a_job_older_than_the_redrive_bound_ends_failed_when_dead_lettered(
+        local: LocalStack) -> None:
+    """The re-drive is bounded by the job's age (AIPROD_REDRIVE_MAX_AGE_S, a day)."""
+    created = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    job = Job(id=f"job_{uuid.uuid4().hex}", owner="test", request=JobRequest(prompt="too old"),
+              plan=["replicate-seedance"], status=JobStatus.QUEUED, estimated_cost_usd=0.4,
+              created_at=created, updated_at=created)
+    assert FirestoreJobStore(local.firestore()).create(job)
+    dead = "render-replicate-seedance-dead-letter"
+    response = local.push("dead-letter", dead, {
+        "job_id": job.id, "backend": "replicate-seedance", "attempt": 0}, attributes={
+        "job_id": job.id, "CloudPubSubDeadLetterSourceDeliveryCount": "100",
+        "CloudPubSubDeadLetterSourceSubscription": "render-replicate-seedance"})
+    assert response.status_code == 200
+
+    done = local.wait(job.id, timeout=30)
+    assert done["status"] == "FAILED"
+    assert "dead-lettered" in done["status_reason"]
