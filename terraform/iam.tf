@@ -71,6 +71,26 @@ resource "google_storage_bucket_iam_member" "outputs" {
   member = google_service_account.runtime[each.value.function].member
 }
 
+# Veo reads a staged input image from its gs:// URI (the `gcsUri` of the request's
+# image) as the project's Vertex AI service agent, not as the calling function:
+# https://cloud.google.com/vertex-ai/docs/general/access-control#service-agents
+# Create that agent explicitly (it may not exist yet in a fresh project) and let
+# it read the output bucket, where inputs are staged under jobs/<id>/input/.
+resource "google_project_service_identity" "vertex" {
+  provider = google-beta
+
+  project = var.project_id
+  service = "aiplatform.googleapis.com"
+
+  depends_on = [google_project_service.api["aiplatform.googleapis.com"]]
+}
+
+resource "google_storage_bucket_iam_member" "vertex_reads_staged_inputs" {
+  bucket = google_storage_bucket.outputs.name
+  role   = "roles/storage.objectViewer"
+  member = google_project_service_identity.vertex.member
+}
+
 # V4 signed download URLs from a function's own identity go through IAM
 # signBlob on its own service account, and on nothing else.
 resource "google_service_account_iam_member" "self_signer" {

@@ -918,3 +918,21 @@ def test_the_deploying_guide_bootstraps_what_terraform_needs_first() -> None:
         assert needed in guide, needed
     readme = (tfconfig.REPO / "README.md").read_text()
     assert "docs/deploying.md" in readme
+
+
+def test_veo_can_read_staged_images_through_its_service_agent(
+        deployment: Deployment, tf_config: tfconfig.Config) -> None:
+    """Veo is handed a staged upload as its gs:// URI; Vertex AI reads it as the
+    project's Vertex AI service agent (not as the calling function), so that agent
+    exists explicitly and may read the output bucket where inputs are staged."""
+    (identity,) = deployment.instances("google_project_service_identity", "vertex").values()
+    assert identity.get("service") == "aiplatform.googleapis.com"
+    assert provider_of("google_project_service_identity",
+                       tf_config.resources[("google_project_service_identity", "vertex")]) == (
+        "google-beta")
+    (grant,) = deployment.instances("google_storage_bucket_iam_member",
+                                    "vertex_reads_staged_inputs").values()
+    assert grant.get("role") == "roles/storage.objectViewer"
+    assert deployment.resolve(grant.get("member")) is identity
+    assert deployment.resolve(grant.get("bucket")) is next(iter(
+        deployment.instances("google_storage_bucket", "outputs").values()))
