@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     # Backend health (circuit breakers shared by every instance).
     circuit_strikes: int = 3
     circuit_cooldown_s: float = 300.0
-    backend_busy_wait_s: float = 30.0  # how long to wait for a call slot before falling back
+    # How long to wait for a call slot before falling back (on the plan's last backend:
+    # before handing the message back for Pub/Sub to redeliver).
+    backend_busy_wait_s: float = 30.0
 
     # Outputs: a local folder, or gs://bucket/prefix in production.
     output_uri: str = "file://./out/store"

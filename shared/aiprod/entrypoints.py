@@ -15,7 +15,7 @@ import flask
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, TooManyRequests
 
 from aiprod import api as rest
 from aiprod import logs, tracing
@@ -31,7 +31,7 @@ from aiprod.services import watchdog as watchdog_service
 from aiprod.services.cancel import stop_task
 from aiprod.services.deadletter import handle_dead_letter
 from aiprod.services.messages import RenderMessage
-from aiprod.services.render import handle_render
+from aiprod.services.render import BackendBusy, handle_render
 
 logger = logging.getLogger(__name__)
 logs.configure()
@@ -86,7 +86,13 @@ def render(event: CloudEvent) -> None:
     if render_message.action == "cancel":
         stop_task(rt, render_message)
         return
-    handle_render(rt, render_message, delivery_id=message.id)
+    try:
+        handle_render(rt, render_message, delivery_id=message.id)
+    except BackendBusy as busy:
+        # Back-pressure, like Cloud Run's own 429: Pub/Sub redelivers with backoff.
+        log(logger, logging.WARNING, f"render handed back: {busy}",
+            job_id=render_message.job_id, backend=render_message.backend)
+        raise TooManyRequests(str(busy)) from None
 
 
 def intake_job_id(message: PubSubMessage) -> str:

@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from google.cloud import pubsub_v1
@@ -134,3 +135,43 @@ def test_a_job_older_than_the_redrive_bound_ends_failed_when_dead_lettered(
     done = local.wait(job.id, timeout=30)
     assert done["status"] == "FAILED"
     assert "dead-lettered" in done["status_reason"]
+
+
+def test_a_busy_last_backend_hands_the_job_back_instead_of_failing_it(
+        local: LocalStack) -> None:
+    """Every call slot of the only backend a job can use stays taken for longer than
+    AIPROD_BACKEND_BUSY_WAIT_S: the render answers 429 (back-pressure, like Cloud
+    Run's own), Pub/Sub redelivers, and the job renders once a slot frees, instead of
+    ending FAILED with backend_busy."""
+    from aiprod.adapters.health import FirestoreHealth
+    from aiprod.catalog import load_catalog
+    from aiprod.config import Settings
+    from aiprod.domain import pricing
+
+    catalog = load_catalog()
+    cheapest = min(catalog.backends, key=lambda b: pricing.estimate_usd(b, 5, False))
+    ceiling = pricing.estimate_usd(cheapest, 5, False)
+    health = FirestoreHealth(local.firestore())
+    now = dt.datetime.now(dt.UTC)
+    slots = [health.take_slot(cheapest.name, f"test-holder-{n}", Settings().circuit_strikes,
+                              now, dt.timedelta(minutes=10))
+             for n in range(Settings().circuit_strikes)]
+    assert all(slots), "the test could not take every call slot"
+    try:
+        job = local.submit(prompt=f"busy backend {uuid.uuid4().hex[:8]}", max_cost_usd=ceiling)
+        assert job["plan"] == [cheapest.name]
+        # Past the busy wait (30 s): the render was handed back, not failed.
+        deadline = time.monotonic() + Settings().backend_busy_wait_s + 15
+        while time.monotonic() < deadline:
+            current = local.job(job["id"])
+            assert current["status"] in {"QUEUED", "RENDERING"}, current
+            time.sleep(1)
+    finally:
+        for slot in slots:
+            assert slot is not None
+            health.release_slot(cheapest.name, slot)
+    done = local.wait(job["id"], timeout=120)
+    assert done["status"] == "SUCCEEDED", done
+    assert len(done["attempts"]) == 1
+    assert "render handed back" in (Path(local.part(f"render-{cheapest.name}")["log"])
+                                    .read_text())

@@ -24,6 +24,8 @@ from aiprod.services import telemetry
 
 logger = logging.getLogger(__name__)
 
+BUSY = "backend_busy"  # no call slot came free in time: back-pressure, not a strike
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -66,7 +68,7 @@ def enter(rt: Runtime, backend: str, caller: str) -> Pass | AttemptError:
         if slot is not None:
             return Pass(backend, caller, slot)
         if time.monotonic() > deadline:
-            return AttemptError(error_class=ErrorClass.SKIPPED, code="backend_busy",
+            return AttemptError(error_class=ErrorClass.SKIPPED, code=BUSY,
                                 message=f"{backend} had no free call slot for "
                                         f"{rt.settings.backend_busy_wait_s:.0f} s")
         time.sleep(random.uniform(0.02, 0.1))

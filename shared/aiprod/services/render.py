@@ -110,6 +110,11 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
     _poll_until_done(rt, backend, message, task_id, deadline)
 
 
+class BackendBusy(Exception):
+    """Every call slot of the job's last backend stayed taken: not the job's failure.
+    Raised so the render message is redelivered (Pub/Sub's backoff), like a 429."""
+
+
 def _spec(rt: Runtime, backend: Backend, job: Job) -> RenderSpec:
     request = job.request
     return RenderSpec(job_id=job.id, model=backend.model, prompt=request.prompt,
@@ -159,6 +164,12 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
                 _abandon(rt, job, index)
             raise
         if isinstance(ticket, AttemptError):
+            if (ticket.code == gate.BUSY and last_failure is None
+                    and lifecycle.next_backend(job) is None):
+                # Busy is back-pressure, not a verdict: with no backend left to fall back
+                # to, hand the claim and the hold back and let Pub/Sub redeliver later.
+                _abandon(rt, job, index)
+                raise BackendBusy(ticket.message)
             # Our own failed calls may have opened the circuit: report what they met.
             _fail(rt, job.id, index, last_failure or ticket, skipped=last_failure is None)
             return None
