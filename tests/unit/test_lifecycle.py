@@ -130,3 +130,15 @@ def test_dead_lettering_fails_the_job_and_its_open_attempt() -> None:
     assert job.status is JobStatus.FAILED
     assert job.attempts[0].status is AttemptStatus.FAILED
     assert not lifecycle.fail_job(job, "again", T0)
+
+
+def test_a_claim_made_again_after_being_handed_back_gets_a_new_reservation() -> None:
+    """The redelivery of a handed-back claim carries the same message id; reusing the
+    released hold's id would make the ledger refuse it as already closed (a spurious
+    budget_exhausted)."""
+    job = make_job(["a"])
+    lifecycle.claim_attempt(job, "a", 0, "message-7", T0, LEASE, 1.0)
+    first = job.attempts[0].reservation_id
+    assert lifecycle.abandon_claim(job, 0)
+    lifecycle.claim_attempt(job, "a", 0, "message-7", T0 + dt.timedelta(seconds=1), LEASE, 1.0)
+    assert job.attempts[0].reservation_id != first

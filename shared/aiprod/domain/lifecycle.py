@@ -85,10 +85,18 @@ def claim_attempt(job: Job, backend: str, index: int, delivery_id: str, now: dt.
                                 delivery_id=delivery_id, lease_expires_at=now + lease,
                                 started_at=now, estimated_cost_usd=estimated_cost_usd,
                                 reservation_day=ledger_day(now),
-                                reservation_id=f"{job.id}-{index}-{delivery_id}"))
+                                reservation_id=reservation_id(job.id, index, delivery_id,
+                                                              now)))
     job.status = JobStatus.RENDERING
     job.updated_at = now
     return Claim(ClaimKind.CREATE, index)
+
+
+def reservation_id(job_id: str, index: int, delivery_id: str, now: dt.datetime) -> str:
+    """Unique per claim. Not per delivery alone: a claim handed back (abandon_claim)
+    is made again by the redelivery of the same message, with the same message id,
+    and must not meet the hold it released (the ledger would call that spent)."""
+    return f"{job_id}-{index}-{delivery_id}-{now.strftime('%Y%m%dT%H%M%S%f')}"
 
 
 def abandon_claim(job: Job, index: int) -> bool:
