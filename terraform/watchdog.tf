@@ -27,7 +27,7 @@ resource "google_cloud_scheduler_job" "watchdog" {
   schedule    = local.watchdog_schedule
   time_zone   = "Etc/UTC"
   # The run's own time budget is one interval; let it finish.
-  attempt_deadline = "${var.functions.watchdog.timeout_seconds}s"
+  attempt_deadline = "${local.sizing.watchdog.timeout_seconds}s"
 
   # A failed run is not retried: the next one, an interval later, does the same work.
   retry_config {
