@@ -51,17 +51,9 @@ class Stack:
     def __init__(self, sim_latency_s: float, render_capacity: int | None,
                  env: dict[str, str]) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix="aiprod-bench-capacity-"))
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with control.environment(env):
             self.state = control.up(self.state_dir, port_base=0, sim_latency_s=sim_latency_s,
                                     render_capacity=render_capacity)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
         os.environ.update(self.state["env"])
         from google.cloud import firestore
 

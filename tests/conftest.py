@@ -182,17 +182,9 @@ class LocalStack:
 @contextlib.contextmanager
 def running_stack(state_dir: Path, **settings: str) -> Iterator[LocalStack]:
     """A whole local stack on free ports; `settings` are AIPROD_* variables for it."""
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
+    with control.environment(settings):
         state = control.up(state_dir, port_base=0, sim_latency_s=0.3,
                            max_delivery_attempts=MAX_DELIVERY_ATTEMPTS)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     try:
         started = LocalStack(state)
         started.api_key = started.new_key("tests", rate_limit_rpm=1_000_000)
@@ -213,17 +205,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
                        AIPROD_WEBHOOK_ALLOW_HOSTS="127.0.0.1",
                        # Image-to-video tests serve input images from this machine too.
                        AIPROD_IMAGE_ALLOW_HOSTS="127.0.0.1",
-                       AIPROD_UNKNOWN_OUTCOME_WAIT_S="8") as started:
-        saved = {k: os.environ.get(k) for k in started.state["env"]}
-        os.environ.update(started.state["env"])
-        try:
-            yield started
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+                       AIPROD_UNKNOWN_OUTCOME_WAIT_S="8") as started, \
+            control.environment(started.state["env"]):
+        yield started
 
 
 @pytest.fixture

@@ -52,17 +52,9 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
                        AIPROD_WATCHDOG_STALE_S=str(STALE_S),
                        AIPROD_RENDER_DEADLINE_S=str(RENDER_DEADLINE_S),
                        AIPROD_CREATE_TIMEOUT_S=str(CREATE_TIMEOUT_S),
-                       AIPROD_UNKNOWN_OUTCOME_WAIT_S="8") as started:
-        saved = {k: os.environ.get(k) for k in started.state["env"]}
-        os.environ.update(started.state["env"])
-        try:
-            yield started
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+                       AIPROD_UNKNOWN_OUTCOME_WAIT_S="8") as started, \
+            control.environment(started.state["env"]):
+        yield started
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,23 @@ from aiprod.localstack.processes import wait_until
 from aiprod.localstack.stack import DEFAULT_PORT_BASE, STATE_FILE
 
 DEFAULT_STATE_DIR = Path(".aiprod/dev")
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block (the stack's AIPROD_*
+    settings while it starts; its emulator hosts while a test or bench talks to it),
+    then put back exactly what was there."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _pid_alive(pid: int) -> bool:
