@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from google.cloud import firestore
+from google.cloud import firestore, pubsub_v1
 
 from aiprod.adapters.store import job_from_doc
 from aiprod.domain.views import public_job
@@ -224,3 +224,13 @@ def output_path() -> Callable[[dict[str, Any]], Path]:
     def path(job: dict[str, Any]) -> Path:
         return Path(job["output"]["uri"].removeprefix("file://"))
     return path
+
+
+@pytest.fixture
+def job_events(stack: LocalStack) -> Iterator[tuple[pubsub_v1.SubscriberClient, str]]:
+    """A pull subscription on job-events, as another system would have."""
+    subscriber = pubsub_v1.SubscriberClient()
+    path = subscriber.subscription_path("aiprod-local", f"test-events-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=path, topic="projects/aiprod-local/topics/job-events")
+    yield subscriber, path
+    subscriber.delete_subscription(subscription=path)

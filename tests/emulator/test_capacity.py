@@ -26,16 +26,6 @@ RENDER_FUNCTIONS = ("render-runway-gen45", "render-veo-31-fast", "render-replica
 
 
 @pytest.fixture
-def job_events(stack: LocalStack) -> Iterator[tuple[pubsub_v1.SubscriberClient, str]]:
-    """A pull subscription on job-events, as another system would have."""
-    subscriber = pubsub_v1.SubscriberClient()
-    path = subscriber.subscription_path("aiprod-local", f"test-events-{uuid.uuid4().hex[:8]}")
-    subscriber.create_subscription(name=path, topic="projects/aiprod-local/topics/job-events")
-    yield subscriber, path
-    subscriber.delete_subscription(subscription=path)
-
-
-@pytest.fixture
 def render_capacity(local: LocalStack) -> Iterator[None]:
     """Each render function serves at most 2 requests at once (--render-capacity 2)."""
     for function in RENDER_FUNCTIONS:

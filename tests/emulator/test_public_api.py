@@ -314,16 +314,6 @@ def test_a_webhook_url_to_an_internal_address_is_refused(local: LocalStack, url:
 
 # --- Intake -----------------------------------------------------------------------------
 
-@pytest.fixture
-def job_events(stack: LocalStack) -> Iterator[tuple[pubsub_v1.SubscriberClient, str]]:
-    """A pull subscription on job-events, as another system would have."""
-    subscriber = pubsub_v1.SubscriberClient()
-    path = subscriber.subscription_path("aiprod-local", f"test-events-{uuid.uuid4().hex[:8]}")
-    subscriber.create_subscription(name=path, topic="projects/aiprod-local/topics/job-events")
-    yield subscriber, path
-    subscriber.delete_subscription(subscription=path)
-
-
 def pull_events(subscriber: pubsub_v1.SubscriberClient, path: str, wanted: set[str],
                 done: Callable[[list[dict[str, Any]]], bool], settle: float = 0,
                 timeout: float = 30) -> list[dict[str, Any]]:
