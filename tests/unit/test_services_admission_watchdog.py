@@ -17,9 +17,11 @@ REQUEST = JobRequest(prompt="a red fox in snow", duration_seconds=4)
 def test_admit_stores_and_dispatches_a_job_once(fx: Fakes) -> None:
     admitted = admission.admit(fx.rt, REQUEST, job_id="job_1", owner="o")
 
-    assert isinstance(admitted, admission.Admitted) and admitted.created
+    assert isinstance(admitted, admission.Admitted)
+    assert admitted.created
     job = admitted.job
-    assert fx.store.get("job_1") == job and job.status is JobStatus.QUEUED
+    assert fx.store.get("job_1") == job
+    assert job.status is JobStatus.QUEUED
     assert renders_sent(fx, job.plan[0]) == [message(job).body()]
     assert fx.bus.event_types() == ["job.queued"]
 
@@ -29,7 +31,8 @@ def test_a_retried_admission_finds_the_job_and_redispatches_only_if_unclaimed(
     first = admission.admit(fx.rt, REQUEST, job_id="job_1", owner="o")
     assert isinstance(first, admission.Admitted)
     retry = admission.admit(fx.rt, REQUEST, job_id="job_1", owner="o")
-    assert isinstance(retry, admission.Admitted) and not retry.created
+    assert isinstance(retry, admission.Admitted)
+    assert not retry.created
     assert len(fx.store.docs) == 1
     # Still unclaimed: the dispatch may have been lost, so it is sent again (a render
     # claims once whatever the copies).
@@ -38,7 +41,8 @@ def test_a_retried_admission_finds_the_job_and_redispatches_only_if_unclaimed(
     deliver(fx, first.job)
     fx.bus.clear()
     again = admission.admit(fx.rt, REQUEST, job_id="job_1", owner="o")
-    assert isinstance(again, admission.Admitted) and not again.created
+    assert isinstance(again, admission.Admitted)
+    assert not again.created
     assert fx.bus.published == []
 
 
@@ -48,7 +52,8 @@ def test_admission_rejects_what_no_backend_can_render_and_stores_nothing(fx: Fak
 
     assert isinstance(decision, routing.Rejection)
     assert decision.reason is routing.RejectionReason.UNSUPPORTED
-    assert fx.store.docs == {} and fx.bus.published == []
+    assert fx.store.docs == {}
+    assert fx.bus.published == []
 
 
 def test_admission_rejects_when_the_budget_left_cannot_pay(tmp_path: Path) -> None:
@@ -75,7 +80,7 @@ def test_the_watchdog_redispatches_a_job_never_claimed(fx: Fakes) -> None:
 
     assert watchdog.sweep(fx.rt) == {"dispatch": 1, "holds_closed": 0}
     assert renders_sent(fx, job.plan[0]) == [message(job).body()]
-    assert watchdog.sweep(fx.rt) == {"holds_closed": 0}  # marked: not re-driven again on the next run
+    assert watchdog.sweep(fx.rt) == {"holds_closed": 0}  # marked: not again next run
 
 
 def test_the_watchdog_resumes_an_attempt_whose_lease_expired(fx: Fakes) -> None:
@@ -118,7 +123,8 @@ def test_the_watchdog_ends_a_job_with_no_backend_left(fx: Fakes) -> None:
 
     assert watchdog.sweep(fx.rt) == {"end": 1, "holds_closed": 0}
     after = fx.store.get(job.id)
-    assert after is not None and after.status is JobStatus.FAILED
+    assert after is not None
+    assert after.status is JobStatus.FAILED
     assert fx.bus.event_types() == ["job.failed"]
 
 

@@ -41,7 +41,8 @@ def test_cancel_mid_render_ends_the_job_and_has_its_backend_stop_the_task(
 
     cancelled = cancel_job(fx.rt, job_id)
 
-    assert cancelled is not None and cancelled.status is JobStatus.CANCELLED
+    assert cancelled is not None
+    assert cancelled.status is JobStatus.CANCELLED
     backend = cancelled.attempts[0].backend
     assert cancels_sent(fx, backend) == [
         {"job_id": job_id, "backend": backend, "attempt": 0, "action": "cancel"}]
@@ -65,7 +66,8 @@ def test_stop_task_cancels_at_the_provider_and_settles_its_charge_once(
 
     assert provider.calls_of("cancel") == ["task-1"]
     job = fx.store.get(job_id)
-    assert job is not None and not job.attempts[0].cost_pending
+    assert job is not None
+    assert not job.attempts[0].cost_pending
     assert job.attempts[0].cost_usd == 0.1
     day = figures(fx)
     assert (day.spent_micros, day.reserved_micros) == (to_micros(0.1), 0)
@@ -82,7 +84,8 @@ def test_a_render_message_dead_lettered_before_its_attempt_started_is_redriven(
     assert [RenderMessage.model_validate(p) for p in sent] == [message(job)]
     assert fx.bus.published[0].attributes["redrives"] == "1"
     after = fx.store.get(job.id)
-    assert after is not None and after.status is JobStatus.QUEUED
+    assert after is not None
+    assert after.status is JobStatus.QUEUED
 
 
 def test_a_render_message_dead_lettered_while_running_fails_the_job_and_stops_the_task(
@@ -94,7 +97,8 @@ def test_a_render_message_dead_lettered_while_running_fails_the_job_and_stops_th
     handle_dead_letter(fx.rt, message(job).body(), DEAD | {"job_id": job_id})
 
     after = fx.store.get(job_id)
-    assert after is not None and after.status is JobStatus.FAILED
+    assert after is not None
+    assert after.status is JobStatus.FAILED
     assert len(cancels_sent(fx, job.plan[0])) == 1
     assert fx.bus.event_types() == ["job.failed"]
     assert renders_sent(fx, job.plan[1]) == []  # no fallback: the task may be rendering
@@ -105,10 +109,12 @@ def test_a_stale_dead_lettered_copy_leaves_the_job_alone(fx: Fakes) -> None:
     fx.provider(job.plan[0]).video = b"not a video"
     deliver(fx, job)  # attempt 0 fails its output check; attempt 1 dispatched
     before = fx.store.get(job.id)
-    assert before is not None and len(before.attempts) == 1
+    assert before is not None
+    assert len(before.attempts) == 1
     deliver(fx, before, attempt=1)
     moved = fx.store.get(job.id)
-    assert moved is not None and len(moved.attempts) == 2
+    assert moved is not None
+    assert len(moved.attempts) == 2
     fx.bus.clear()
 
     handle_dead_letter(fx.rt, message(job, 0).body(), DEAD | {"job_id": job.id})

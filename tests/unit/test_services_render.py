@@ -13,7 +13,7 @@ from aiprod.adapters.providers.base import ProviderError, TaskState, TaskStatus
 from aiprod.domain import lifecycle
 from aiprod.domain.budget import to_micros
 from aiprod.domain.health import CircuitState, Health
-from aiprod.domain.job import AttemptStatus, ErrorClass, Job, JobStatus
+from aiprod.domain.job import AttemptStatus, ErrorClass, JobStatus
 from aiprod.services import budget
 from aiprod.services.render import BackendBusy
 from tests.fakes import Fakes, fake_runtime, sample_video
@@ -31,7 +31,8 @@ def test_a_render_creates_once_succeeds_and_settles_its_cost(fx: Fakes) -> None:
 
     assert done.status is JobStatus.SUCCEEDED
     assert fx.provider(backend).calls_of("create") == [job.id]
-    assert done.output is not None and Path(done.output.uri.removeprefix("file://")).exists()
+    assert done.output is not None
+    assert Path(done.output.uri.removeprefix("file://")).exists()
     assert done.cost_usd == pytest.approx(done.attempts[0].estimated_cost_usd)
     day = figures(fx)
     assert day.spent_micros == to_micros(done.cost_usd)
@@ -98,7 +99,8 @@ def test_a_refused_reservation_skips_the_backend_and_falls_back(fx: Fakes) -> No
 
     attempt = after.attempts[0]
     assert attempt.status is AttemptStatus.SKIPPED
-    assert attempt.error is not None and attempt.error.code == "budget_exhausted"
+    assert attempt.error is not None
+    assert attempt.error.code == "budget_exhausted"
     assert fx.provider(first).calls == []
     assert renders_sent(fx, second) == [{"job_id": job.id, "backend": second, "attempt": 1}]
     assert figures(fx).committed_micros == to_micros(99.9)  # nothing of ours was held
@@ -113,7 +115,8 @@ def test_an_open_circuit_skips_the_backend_and_falls_back(fx: Fakes) -> None:
 
     attempt = after.attempts[0]
     assert attempt.status is AttemptStatus.SKIPPED
-    assert attempt.error is not None and attempt.error.code == "circuit_open"
+    assert attempt.error is not None
+    assert attempt.error.code == "circuit_open"
     assert fx.provider(first).calls == []
     assert len(renders_sent(fx, second)) == 1
     assert figures(fx).reserved_micros == 0  # its hold was released
@@ -137,7 +140,8 @@ def test_transient_create_errors_are_retried_until_the_circuit_opens_then_fall_b
         assert initial * 2**n * 0.5 <= slept <= initial * 2**n
     attempt = after.attempts[0]
     assert attempt.status is AttemptStatus.FAILED
-    assert attempt.error is not None and attempt.error.code == "http_503"
+    assert attempt.error is not None
+    assert attempt.error.code == "http_503"
     assert fx.health.get(first).state is CircuitState.OPEN
     assert len(renders_sent(fx, second)) == 1
     assert figures(fx).committed_micros == 0
@@ -156,7 +160,8 @@ def test_an_unknown_create_outcome_is_never_resent_and_counts_as_charged(
     assert fx.provider(first).calls_of("create") == [job.id]
     attempt = after.attempts[0]
     assert attempt.status is AttemptStatus.FAILED
-    assert attempt.error is not None and attempt.error.code == "create_outcome_unknown"
+    assert attempt.error is not None
+    assert attempt.error.code == "create_outcome_unknown"
     assert attempt.cost_usd == attempt.estimated_cost_usd
     assert figures(fx).spent_micros == to_micros(attempt.estimated_cost_usd)
     assert fx.clock() - attempt.started_at >= dt.timedelta(seconds=60)
@@ -188,7 +193,8 @@ def test_an_output_failing_the_check_strikes_is_charged_and_falls_back(fx: Fakes
 
     attempt = after.attempts[0]
     assert attempt.status is AttemptStatus.FAILED
-    assert attempt.error is not None and attempt.error.error_class is ErrorClass.OUTPUT_CHECK
+    assert attempt.error is not None
+    assert attempt.error.error_class is ErrorClass.OUTPUT_CHECK
     assert attempt.cost_usd > 0  # it was rendered: the provider charged it
     assert figures(fx).spent_micros == to_micros(attempt.cost_usd)
     assert fx.health.get(first).strikes == 1
@@ -208,7 +214,8 @@ def test_a_busy_last_backend_hands_the_claim_and_the_hold_back(fx: Fakes) -> Non
 
     after = fx.store.get(job.id)
     assert after is not None
-    assert after.status is JobStatus.QUEUED and after.attempts == []
+    assert after.status is JobStatus.QUEUED
+    assert after.attempts == []
     assert fx.provider(backend).calls == []
     assert figures(fx).committed_micros == 0
 
