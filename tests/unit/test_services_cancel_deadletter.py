@@ -62,7 +62,9 @@ def test_stop_task_cancels_at_the_provider_and_settles_its_charge_once(
     stop = RenderMessage(job_id=job_id, backend=backend, attempt=0, action="cancel")
 
     stop_task(fx.rt, stop)
+    calls = len(provider.calls)
     stop_task(fx.rt, stop)  # a redelivery, or the in-flight render noticing the end
+    assert len(provider.calls) == calls  # settled: the provider is not asked again
 
     assert provider.calls_of("cancel") == ["task-1"]
     job = fx.store.get(job_id)
