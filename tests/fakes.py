@@ -15,11 +15,13 @@ import dataclasses
 import datetime as dt
 import functools
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 from aiprod import media
 from aiprod.adapters.ledger import Held, ReservationState, Scope
@@ -434,7 +436,12 @@ def fake_runtime(tmp: Path, **settings: Any) -> Fakes:
     to the production defaults except the few waits that bound a test's real time."""
     values: dict[str, Any] = {"output_uri": f"file://{tmp}", "backend_busy_wait_s": 0.0,
                               "transient_retry_budget_s": 30.0} | settings
-    config = Settings(**values)
+    # Production defaults, whatever this process's environment says (a local stack's
+    # variables must not leak into a unit test).
+    own = {k: v for k, v in os.environ.items()
+           if not k.startswith("AIPROD_") and k not in ("BACKEND", "GOOGLE_CLOUD_PROJECT")}
+    with mock.patch.dict(os.environ, own, clear=True):
+        config = Settings(**values)
     catalog = config.catalog()
     clock = ManualClock()
     store, bus, ledger = FakeStore(), FakeBus(), FakeLedger(clock)

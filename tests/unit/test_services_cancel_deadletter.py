@@ -123,3 +123,35 @@ def test_a_stale_dead_lettered_copy_leaves_the_job_alone(fx: Fakes) -> None:
 
     assert fx.store.get(job.id) == moved
     assert fx.bus.published == []
+
+
+def test_a_dead_lettered_cancel_counts_the_estimate_and_closes_the_hold(
+        tmp_path: Path) -> None:
+    fx, job_id = rendering(tmp_path)
+    cancelled = cancel_job(fx.rt, job_id)
+    assert cancelled is not None
+    attempt = cancelled.attempts[0]
+    stop = RenderMessage(job_id=job_id, backend=attempt.backend, attempt=0, action="cancel")
+
+    handle_dead_letter(fx.rt, stop.body(), DEAD | {"job_id": job_id})
+
+    after = fx.store.get(job_id)
+    assert after is not None
+    assert after.attempts[0].cost_usd == attempt.estimated_cost_usd
+    assert not after.attempts[0].cost_pending
+    day = figures(fx)
+    assert day.spent_micros == to_micros(attempt.estimated_cost_usd)
+    assert day.reserved_micros == 0
+
+
+def test_a_dead_lettered_intake_message_is_answered_with_job_rejected(fx: Fakes) -> None:
+    attributes = DEAD | {"correlation_id": "order-7"}
+
+    handle_dead_letter(fx.rt, {"prompt": "fox", "duration_seconds": 4}, attributes,
+                       message_id="m-1")
+
+    [event] = fx.bus.published
+    assert event.payload["type"] == "job.rejected"
+    assert event.payload["correlation_id"] == "order-7"
+    assert event.attributes["status"] == "REJECTED"
+    assert fx.store.docs == {}

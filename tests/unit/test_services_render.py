@@ -235,3 +235,45 @@ def test_a_duplicate_delivery_of_a_finished_job_publishes_nothing_new(fx: Fakes)
     assert fx.bus.event_types() == ["job.succeeded"]
 
 
+
+
+def test_after_the_cooldown_one_probe_goes_through_and_its_success_closes_the_circuit(
+        fx: Fakes) -> None:
+    job = admit(fx)
+    first = job.plan[0]
+    opened = fx.clock() - dt.timedelta(seconds=fx.rt.settings.circuit_cooldown_s + 1)
+    fx.health.docs[first] = Health(first, CircuitState.OPEN, strikes=3, opened_at=opened)
+
+    after = deliver(fx, job)
+
+    assert after.status is JobStatus.SUCCEEDED
+    assert fx.provider(first).calls_of("create") == [job.id]
+    health = fx.health.get(first)
+    assert (health.state, health.strikes, health.probe_owner) == (CircuitState.CLOSED, 0, None)
+
+
+def test_a_failed_probe_reopens_the_circuit_and_falls_back(fx: Fakes) -> None:
+    job = admit(fx)
+    first, second = job.plan[:2]
+    opened = fx.clock() - dt.timedelta(seconds=fx.rt.settings.circuit_cooldown_s + 1)
+    fx.health.docs[first] = Health(first, CircuitState.OPEN, strikes=3, opened_at=opened)
+    fx.provider(first).creates = [ProviderError(ErrorClass.BACKEND, "http_500", "broken")]
+
+    deliver(fx, job)
+
+    health = fx.health.get(first)
+    assert health.state is CircuitState.OPEN
+    assert health.opened_at == fx.clock()  # a new cool-down from now
+    assert len(fx.provider(first).calls_of("create")) == 1
+    assert len(renders_sent(fx, second)) == 1
+
+
+def test_crossing_the_warning_threshold_is_announced_once(tmp_path: Path) -> None:
+    fx = fake_runtime(tmp_path, daily_budget_usd=1.0, daily_budget_warn_usd=0.5)
+    for n in range(3):
+        job = admit(fx, job_id=f"job_{n}")
+        deliver(fx, job)
+
+    warnings = [p for p in fx.bus.published if p.payload.get("type") == "budget.warning"]
+    assert len(warnings) == 1
+    assert warnings[0].payload["day"] == DAY
