@@ -281,10 +281,10 @@ class FakeHealth:
             taken = self.slots.setdefault(backend, {})
             for index in map(str, range(slots)):
                 slot = taken.get(index)
-                if slot is None or slot.expires_at < now:
-                    taken[index] = _Slot(caller, now + lease)
+                if slot is not None and slot.owner == caller and not slot.failed:
                     return index
-                if slot.owner == caller and not slot.failed:
+                if slot is None or slot.expires_at < now:  # free, or a crashed caller's
+                    taken[index] = _Slot(caller, now + lease)
                     return index
             return None
 
