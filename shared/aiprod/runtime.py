@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from aiprod.adapters.access import AccessStore, FirestoreAccess
 from aiprod.adapters.bus import Bus, PubSubBus
-from aiprod.adapters.health import FirestoreHealth
+from aiprod.adapters.health import FirestoreHealth, HealthStore
 from aiprod.adapters.ledger import FirestoreLedger, Ledger
 from aiprod.adapters.metered import metered
 from aiprod.adapters.providers import make_provider
@@ -40,7 +40,7 @@ class Runtime:
     bus: Bus
     outputs: OutputStore
     ledger: Ledger
-    health: FirestoreHealth
+    health: HealthStore
     access: AccessStore  # API keys, request counters, Idempotency-Key records
     clock: Callable[[], dt.datetime] = utcnow
     sleep: Callable[[float], None] = time.sleep

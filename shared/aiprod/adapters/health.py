@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -21,6 +21,31 @@ def _health(backend: str, data: dict[str, Any]) -> Health:
                   strikes=int(data.get("strikes", 0)), opened_at=data.get("opened_at"),
                   probe_owner=data.get("probe_owner"),
                   probe_claimed_at=data.get("probe_claimed_at"))
+
+
+class HealthStore(Protocol):
+    """What the services need of backend health: the seam a fake stands behind in
+    unit tests (FirestoreHealth below is the real one)."""
+
+    def get(self, backend: str) -> Health: ...
+
+    def all(self, backends: Iterable[str]) -> dict[str, Health]: ...
+
+    def claim_probe(self, backend: str, caller: str, now: dt.datetime,
+                    cooldown: dt.timedelta, probe_timeout: dt.timedelta) -> bool: ...
+
+    def take_slot(self, backend: str, caller: str, slots: int, now: dt.datetime,
+                  lease: dt.timedelta) -> str | None: ...
+
+    def release_probe(self, backend: str, caller: str) -> None: ...
+
+    def release_slot(self, backend: str, slot: str) -> None: ...
+
+    def fail_slot(self, backend: str, slot: str) -> None: ...
+
+    def record_success(self, backend: str) -> bool: ...
+
+    def record_failure(self, backend: str, now: dt.datetime, threshold: int) -> bool: ...
 
 
 class FirestoreHealth:

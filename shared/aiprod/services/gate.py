@@ -71,7 +71,7 @@ def enter(rt: Runtime, backend: str, caller: str) -> Pass | AttemptError:
             return AttemptError(error_class=ErrorClass.SKIPPED, code=BUSY,
                                 message=f"{backend} had no free call slot for "
                                         f"{rt.settings.backend_busy_wait_s:.0f} s")
-        time.sleep(random.uniform(0.02, 0.1))
+        rt.sleep(random.uniform(0.02, 0.1))
 
 
 def after_call(rt: Runtime, ticket: Pass, error: AttemptError | None,
