@@ -75,16 +75,11 @@ def stop_task(rt: Runtime, message: RenderMessage) -> None:
         charge = lifecycle.stopped_task_charge(
             status.state.value if status else None, status.cost_usd if status else None,
             attempt.estimated_cost_usd)
-        settled = rt.store.mutate(job.id, lambda j: lifecycle.settle_stopped_task(
-            j, message.attempt, charge, rt.clock()))
-        if settled is None:
-            return
-        job, changed = settled
-        if changed:
-            log(logger, logging.INFO, "stopped task settled", job_id=job.id,
+        _settle(rt, job.id, message.attempt, charge, logging.INFO, "stopped task settled",
                 backend=attempt.backend, provider_task_id=attempt.provider_task_id,
-                final_state=status.state.value if status else "unknown", cost_usd=charge,
+                final_state=status.state.value if status else "unknown",
                 estimated_cost_usd=attempt.estimated_cost_usd)
+        return
     budget.close(rt, job, message.attempt)
 
 
@@ -94,17 +89,23 @@ def settle_unstoppable(rt: Runtime, message: RenderMessage) -> None:
     job = rt.store.get(message.job_id)
     if job is None or message.attempt >= len(job.attempts):
         return
-    estimate = job.attempts[message.attempt].estimated_cost_usd
-    settled = rt.store.mutate(job.id, lambda j: lifecycle.settle_stopped_task(
-        j, message.attempt, estimate, rt.clock()))
+    _settle(rt, job.id, message.attempt, job.attempts[message.attempt].estimated_cost_usd,
+            logging.ERROR, "cancel never reached the backend: counted as charged",
+            backend=message.backend, attempt=message.attempt)
+
+
+def _settle(rt: Runtime, job_id: str, index: int, charge_usd: float, level: int,
+            announce: str, **fields: object) -> None:
+    """Record a stopped task's charge once (say so the one time it changes the job),
+    then close the attempt's hold at it."""
+    settled = rt.store.mutate(job_id, lambda j: lifecycle.settle_stopped_task(
+        j, index, charge_usd, rt.clock()))
     if settled is None:
         return
     job, changed = settled
     if changed:
-        log(logger, logging.ERROR, "cancel never reached the backend: counted as charged",
-            job_id=job.id, backend=message.backend, attempt=message.attempt,
-            cost_usd=estimate)
-    budget.close(rt, job, message.attempt)
+        log(logger, level, announce, job_id=job.id, cost_usd=charge_usd, **fields)
+    budget.close(rt, job, index)
 
 
 def _stop(rt: Runtime, backend: str, task_id: str) -> TaskStatus | None:
