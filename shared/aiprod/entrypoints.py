@@ -20,8 +20,7 @@ from werkzeug.exceptions import HTTPException, TooManyRequests
 from aiprod import api as rest
 from aiprod import logs, tracing
 from aiprod.domain import routing
-from aiprod.domain.events import EventType, JobEvent
-from aiprod.domain.job import JobRequest, JobStatus, same_request
+from aiprod.domain.job import JobRequest, same_request
 from aiprod.logs import log
 from aiprod.openapi import JOB_REQUEST_SCHEMA_ID
 from aiprod.problems import invalid_request
@@ -31,6 +30,7 @@ from aiprod.services import watchdog as watchdog_service
 from aiprod.services.cancel import stop_task
 from aiprod.services.deadletter import handle_dead_letter
 from aiprod.services.messages import RenderMessage
+from aiprod.services.publishing import emit_rejected
 from aiprod.services.render import BackendBusy, handle_render
 
 logger = logging.getLogger(__name__)
@@ -168,14 +168,7 @@ def _reject(job_id: str, correlation_id: str | None, reason: str, code: str) -> 
     rt = get_runtime()
     log(logger, logging.WARNING, f"intake message rejected: {reason}", job_id=job_id,
         correlation_id=correlation_id)
-    event = JobEvent(event_id=f"{job_id}:{EventType.REJECTED.value}", type=EventType.REJECTED,
-                     job_id=job_id, status=JobStatus.REJECTED, at=rt.clock(), reason=reason,
-                     correlation_id=correlation_id)
-    rt.bus.publish(rt.settings.events_topic, event.model_dump(mode="json")
-                   | {"code": code, "schema": JOB_REQUEST_SCHEMA_ID},
-                   {"job_id": job_id, "type": event.type.value, "status": "REJECTED",
-                    "event_id": event.event_id, **({"correlation_id": correlation_id}
-                                                   if correlation_id else {})})
+    emit_rejected(rt, job_id, correlation_id, reason, code, schema=JOB_REQUEST_SCHEMA_ID)
 
 
 @tracing.event_entry

@@ -8,14 +8,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from aiprod.domain import lifecycle
-from aiprod.domain.events import EventType, JobEvent
-from aiprod.domain.job import Job, JobStatus
+from aiprod.domain.job import Job
 from aiprod.logs import log
 from aiprod.runtime import Runtime
 from aiprod.services import budget, telemetry
 from aiprod.services.cancel import settle_unstoppable
 from aiprod.services.messages import RenderMessage, intake_job_id
-from aiprod.services.publishing import emit_terminal, request_stop
+from aiprod.services.publishing import emit_rejected, emit_terminal, request_stop
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def _redrive(rt: Runtime, job: Job, message: RenderMessage, attributes: dict[str
         return False
     backend = rt.catalog.get(message.backend)
     redrives = int(attributes.get("redrives", "0") or 0) + 1
-    rt.bus.publish(backend.topic, message.model_dump(), {
+    rt.bus.publish(backend.topic, message.body(), {
         "job_id": message.job_id, "redrives": str(redrives)})
     log(logger, logging.WARNING, "render message dead-lettered before its attempt started: "
         "back on its render topic", job_id=message.job_id, backend=message.backend,
@@ -101,11 +100,4 @@ def _reject_intake(rt: Runtime, payload: dict[str, Any], attributes: dict[str, s
               f"(dead-lettered from {source}); publish it again later")
     log(logger, logging.ERROR, "intake message dead-lettered: job.rejected", source=source,
         delivery_count=attempts, job_id=job_id, correlation_id=correlation_id)
-    event = JobEvent(event_id=f"{job_id}:{EventType.REJECTED.value}", type=EventType.REJECTED,
-                     job_id=job_id, status=JobStatus.REJECTED, at=rt.clock(), reason=reason,
-                     correlation_id=correlation_id)
-    rt.bus.publish(rt.settings.events_topic, event.model_dump(mode="json")
-                   | {"code": "dead-lettered"},
-                   {"job_id": job_id, "type": event.type.value, "status": "REJECTED",
-                    "event_id": event.event_id, **({"correlation_id": correlation_id}
-                                                   if correlation_id else {})})
+    emit_rejected(rt, job_id, correlation_id, reason, "dead-lettered")

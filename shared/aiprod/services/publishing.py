@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from aiprod.domain.events import TERMINAL_EVENTS, EventType, job_event
-from aiprod.domain.job import Job
+from aiprod.domain.events import TERMINAL_EVENTS, EventType, JobEvent, job_event
+from aiprod.domain.job import Job, JobStatus
 from aiprod.domain.views import public_job
 from aiprod.logs import log
 from aiprod.runtime import Runtime
@@ -50,3 +50,17 @@ def emit(rt: Runtime, job: Job, event_type: EventType, attempt: int | None = Non
 
 def emit_terminal(rt: Runtime, job: Job) -> None:
     emit(rt, job, TERMINAL_EVENTS[job.status])
+
+
+def emit_rejected(rt: Runtime, job_id: str, correlation_id: str | None, reason: str,
+                  code: str, **extra: str) -> None:
+    """Answer an intake message that will never become a job: job.rejected on
+    job-events, with the reason, a stable code and the publisher's correlation_id."""
+    event = JobEvent(event_id=f"{job_id}:{EventType.REJECTED.value}", type=EventType.REJECTED,
+                     job_id=job_id, status=JobStatus.REJECTED, at=rt.clock(), reason=reason,
+                     correlation_id=correlation_id)
+    rt.bus.publish(rt.settings.events_topic,
+                   event.model_dump(mode="json") | {"code": code, **extra},
+                   {"job_id": job_id, "type": event.type.value, "status": "REJECTED",
+                    "event_id": event.event_id, **({"correlation_id": correlation_id}
+                                                   if correlation_id else {})})
