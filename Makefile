@@ -28,7 +28,7 @@ unit: $(STAMP)
 
 ## make openapi: regenerate docs/openapi.json and schemas/job-request.v1.json from the models
 openapi: $(STAMP)
-	$(BIN)/python -m aiprod.openapi
+	$(BIN)/python -m aiprod.http.openapi
 
 ## make install: the project's venv and the tools venv, nothing else (CI's first step)
 install: $(STAMP) tools

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import psutil
 
-from aiprod.localstack import control
+from aiprod_dev.localstack import control
 
 BURST_CAPACITY = int(os.environ.get("BENCH_RENDER_CAPACITY", "4"))
 BURST_JOBS = int(os.environ.get("BENCH_CAPACITY_JOBS", str(30 * BURST_CAPACITY)))

@@ -4,7 +4,7 @@
 The heaviest invocation is a render that succeeds: it samples the budget when it
 reserves and when it settles, and reports the queue wait and the job's end (13
 points in all). That invocation's metric calls run here through the real code
-(aiprod.services.telemetry and aiprod.metrics, the functions' log handler,
+(aiprod.services.telemetry and aiprod.observability.metrics, the functions' log handler,
 writing to a file as a function writes to stdout), against a baseline in the
 same run: the 5 log lines the same invocation already wrote before metrics
 existed. Figures per invocation, in milliseconds.
@@ -33,9 +33,9 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def measure(invocations: int = INVOCATIONS) -> dict[str, Any]:
-    from aiprod import logs, metrics, tracing
     from aiprod.domain.budget import DayFigures
     from aiprod.domain.job import Attempt, AttemptStatus, Job, JobRequest, JobStatus, Output
+    from aiprod.observability import logs, metrics, tracing
     from aiprod.services import telemetry
 
     started = time.perf_counter()

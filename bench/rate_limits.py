@@ -87,7 +87,7 @@ def measure(db: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    from aiprod.localstack.processes import ManagedProcess, free_port
+    from aiprod_dev.localstack.processes import ManagedProcess, free_port
 
     port = free_port()
     logs = Path(tempfile.mkdtemp(prefix="aiprod-bench-rl-"))

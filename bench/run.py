@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import psutil
 
-from aiprod.localstack import control
-from aiprod.localstack.processes import ManagedProcess, free_port
+from aiprod_dev.localstack import control
+from aiprod_dev.localstack.processes import ManagedProcess, free_port
 from capacity import measure as capacity
 from metrics_overhead import measure as metrics_overhead
 from rate_limits import measure as rate_limits

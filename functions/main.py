@@ -11,7 +11,7 @@ from cloudevents.http import CloudEvent
 from flask import Request, Response
 from werkzeug.exceptions import HTTPException
 
-from aiprod import entrypoints
+from aiprod.http import entrypoints
 
 
 @functions_framework.errorhandler(HTTPException)

@@ -8,7 +8,7 @@
 #
 # Mechanism (docs/observability.md): the code writes one JSON log line per
 # metric point, {"logger": "aiprod.metrics", "metric": NAME, "value": V,
-# "metric_labels": {...}} (shared/aiprod/metrics.py); each metric is a
+# "metric_labels": {...}} (shared/aiprod/observability/metrics.py); each metric is a
 # log-based metric logging.googleapis.com/user/<prefix><name>.
 
 locals {

@@ -1,5 +1,5 @@
 # What gets deployed, derived from the catalog (../backends.yaml) the same way
-# the local stack derives it (shared/aiprod/topology.py): one render topic,
+# the local stack derives it (shared/aiprod_dev/topology.py): one render topic,
 # dead-letter topic, push subscription and render function per backend.
 #
 # This file holds locals only and refers to nothing but variables and files, so
@@ -12,7 +12,7 @@ locals {
 
   # Sizing per function kind (memory, cpu, timeout, instances, concurrency) and
   # the retry policy of the subscriptions feeding it: ../functions.yaml, the one
-  # source the local stack reads too (shared/aiprod/topology.py), with the
+  # source the local stack reads too (shared/aiprod_dev/topology.py), with the
   # operator's var.functions overrides on top. Why the numbers: functions.yaml.
   functions_spec = yamldecode(file("${path.module}/../functions.yaml"))
   sizing = {
@@ -51,7 +51,7 @@ locals {
     veo       = []
   }
 
-  # Settings every function reads (shared/aiprod/config.py). Variables the
+  # Settings every function reads (shared/aiprod/wiring/config.py). Variables the
   # functions leave at their code defaults are listed, with the reason, in
   # tests/infra/test_terraform.py (DEFAULTED).
   common_env = {

@@ -20,7 +20,7 @@ from google.cloud import firestore, pubsub_v1
 
 from aiprod.adapters.store import job_from_doc
 from aiprod.domain.views import public_job
-from aiprod.localstack import control
+from aiprod_dev.localstack import control
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
 # Deliveries before a message is dead-lettered on the tests' stack: Pub/Sub's

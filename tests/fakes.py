@@ -6,7 +6,7 @@ the ledger's exact micros and once-per-reservation closing, the health
 document's strikes, circuit and call slots. They are single-process and
 lock-guarded, not concurrent like Firestore: races stay in the emulator suite.
 Providers are scripted (what each create and poll answers); a download writes
-a real MP4 from aiprod.media, so the output check decodes a real video.
+a real MP4 from aiprod.adapters.media, so the output check decodes a real video.
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 from unittest import mock
 
-from aiprod import media
+from aiprod.adapters import media
 from aiprod.adapters.ledger import Held, ReservationState, Scope
 from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
 from aiprod.adapters.storage import LocalOutputStore
 from aiprod.adapters.store import job_from_doc, job_to_doc
-from aiprod.config import Settings
 from aiprod.domain.apikeys import ApiKey
 from aiprod.domain.budget import DayFigures, fits
 from aiprod.domain.health import CircuitState, Gate, Health, gate
 from aiprod.domain.job import Job, JobStatus
-from aiprod.runtime import Runtime
+from aiprod.wiring.config import Settings
+from aiprod.wiring.runtime import Runtime
 
 T = TypeVar("T")
 

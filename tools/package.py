@@ -2,13 +2,14 @@
 
 The archive holds, at its root:
 - main.py           the entry points (functions/main.py);
-- aiprod/           the library (shared/aiprod), without the local-only parts
-                    (simulators, local stack, CLI) that need the `local` extras;
+- aiprod/           the production package (shared/aiprod), whole: the simulators,
+                    local stack and CLI live in another package (shared/aiprod_dev)
+                    and never ship, by package boundary rather than a list;
 - backends.yaml     the catalog (the code looks for it beside main.py);
 - monitoring.yaml   if the repository has one;
 - requirements.txt  the runtime dependencies: [project].dependencies from
                     pyproject.toml and everything they need, each pinned to its
-                    version in constraints.txt (never the `local`/`dev` extras).
+                    version in constraints.txt (never the `cli`/`local`/`dev` extras).
 
 The same inputs give the same bytes (sorted entries, fixed timestamps and
 modes), so the archive's hash, and with it Terraform's object name, changes
@@ -36,8 +37,6 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[1]
 # The Cloud Functions runtime the archive is built for (terraform var.python_runtime).
 TARGET_PYTHON = "3.12"
-# Parts of the aiprod package that only the local stack and the CLI use.
-LOCAL_ONLY = ("cli.py", "localstack", "sim")
 EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 
 
@@ -118,8 +117,7 @@ def archive_members(repo: Path) -> dict[str, bytes]:
     package = repo / "shared" / "aiprod"
     for path in sorted(package.rglob("*")):
         relative = path.relative_to(package)
-        if (not path.is_file() or "__pycache__" in relative.parts or path.suffix == ".pyc"
-                or relative.parts[0] in LOCAL_ONLY):
+        if not path.is_file() or "__pycache__" in relative.parts or path.suffix == ".pyc":
             continue
         members[f"aiprod/{relative.as_posix()}"] = path.read_bytes()
     requirements = runtime_requirements(repo / "pyproject.toml", repo / "constraints.txt")

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from aiprod.sim import control
-from aiprod.sim.testing import running_simulator
+from aiprod_dev.sim import control
+from aiprod_dev.sim.testing import running_simulator
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import pytest
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
+from aiprod.adapters.media import probe_video
 from aiprod.adapters.providers import make_provider
 from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, VideoProvider
 from aiprod.adapters.providers.replicate import failure_class
 from aiprod.domain.job import ErrorClass
-from aiprod.media import probe_video
-from aiprod.sim import control
-from aiprod.sim.testing import catalog_backend, provider_settings
+from aiprod_dev.sim import control
+from aiprod_dev.sim.testing import catalog_backend, provider_settings
 
 PROVIDER = "replicate"
 

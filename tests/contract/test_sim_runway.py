@@ -14,6 +14,7 @@ import runwayml
 from pydantic import SecretStr
 from runwayml import RunwayML
 
+from aiprod.adapters.media import probe_video
 from aiprod.adapters.providers import make_provider, status_class
 from aiprod.adapters.providers.base import (
     ProviderError,
@@ -22,11 +23,10 @@ from aiprod.adapters.providers.base import (
     VideoProvider,
 )
 from aiprod.adapters.providers.runway import failure_class
-from aiprod.config import Settings
 from aiprod.domain.job import ErrorClass
-from aiprod.media import probe_video
-from aiprod.sim import control
-from aiprod.sim.testing import catalog_backend, provider_settings
+from aiprod.wiring.config import Settings
+from aiprod_dev.sim import control
+from aiprod_dev.sim.testing import catalog_backend, provider_settings
 
 PROVIDER = "runway"
 

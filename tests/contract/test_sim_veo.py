@@ -15,13 +15,13 @@ from google import genai
 from google.genai import errors, types
 from google.oauth2.credentials import Credentials
 
+from aiprod.adapters.media import probe_video
 from aiprod.adapters.providers import make_provider
 from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, VideoProvider
 from aiprod.adapters.providers.veo import api_error, operation_error
 from aiprod.domain.job import ErrorClass
-from aiprod.media import probe_video
-from aiprod.sim import control
-from aiprod.sim.testing import catalog_backend, provider_settings
+from aiprod_dev.sim import control
+from aiprod_dev.sim.testing import catalog_backend, provider_settings
 
 PROVIDER = "veo"
 

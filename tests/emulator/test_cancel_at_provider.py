@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from aiprod.localstack import control
-from aiprod.localstack.stack import LOCAL_CREDENTIALS
+from aiprod_dev.localstack import control
+from aiprod_dev.localstack.stack import LOCAL_CREDENTIALS
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.emulator

@@ -134,9 +134,8 @@ def test_a_busy_last_backend_hands_the_job_back_instead_of_failing_it(
     Run's own), Pub/Sub redelivers, and the job renders once a slot frees, instead of
     ending FAILED with backend_busy."""
     from aiprod.adapters.health import FirestoreHealth
-    from aiprod.catalog import load_catalog
-    from aiprod.config import Settings
     from aiprod.domain import pricing
+    from aiprod.wiring.config import Settings, load_catalog
 
     catalog = load_catalog()
     cheapest = min(catalog.backends, key=lambda b: pricing.estimate_usd(b, 5, False))

@@ -15,7 +15,7 @@ from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from aiprod.adapters.store import FirestoreJobStore
 from aiprod.domain.job import Attempt, AttemptStatus, Job, JobRequest, JobStatus
-from aiprod.localstack.processes import free_port
+from aiprod_dev.localstack.processes import free_port
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.emulator

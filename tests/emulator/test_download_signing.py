@@ -36,17 +36,17 @@ from google.cloud import storage
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from aiprod import api
 from aiprod.adapters.access import FirestoreAccess
 from aiprod.adapters.bus import PubSubBus
 from aiprod.adapters.health import FirestoreHealth
 from aiprod.adapters.ledger import FirestoreLedger
 from aiprod.adapters.storage import GcsOutputStore, SigningUnavailable
 from aiprod.adapters.store import FirestoreJobStore
-from aiprod.config import Settings
 from aiprod.domain.job import Job, JobRequest, JobStatus, Output
-from aiprod.runtime import Runtime
+from aiprod.http import api
 from aiprod.services.access import create_key
+from aiprod.wiring.config import Settings
+from aiprod.wiring.runtime import Runtime
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.emulator
@@ -237,7 +237,7 @@ def test_a_refused_signature_still_answers_the_job_with_its_uri(
     record, key = create_key(rt.access, "signing-test")
     job = _finished_job(rt, record.owner)
 
-    with caplog.at_level(logging.WARNING, logger="aiprod.api"):
+    with caplog.at_level(logging.WARNING, logger="aiprod.http.api"):
         status, body = _get(rt, f"/v1/jobs/{job.id}", key)
 
     assert status == 200, body

@@ -15,9 +15,9 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
+from aiprod.adapters.media import probe_video, render_test_video
 from aiprod.adapters.storage import GcsOutputStore, output_store_for
-from aiprod.localstack.processes import free_port, http_ok, wait_until
-from aiprod.media import probe_video, render_test_video
+from aiprod_dev.localstack.processes import free_port, http_ok, wait_until
 
 pytestmark = pytest.mark.emulator
 

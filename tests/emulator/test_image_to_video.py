@@ -18,7 +18,7 @@ import pytest
 from google.cloud import pubsub_v1
 
 from aiprod.adapters.images import as_data_uri
-from aiprod.entrypoints import intake_job_id
+from aiprod.http.entrypoints import intake_job_id
 from tests.conftest import LocalStack
 from tests.unit.test_images import png
 

@@ -15,8 +15,8 @@ import pytest
 
 from aiprod.adapters.store import FirestoreJobStore
 from aiprod.domain.job import Job, JobRequest, JobStatus
-from aiprod.localstack.processes import free_port, http_ok, wait_until
-from aiprod.localstack.stack import LOCAL_CREDENTIALS
+from aiprod_dev.localstack.processes import free_port, http_ok, wait_until
+from aiprod_dev.localstack.stack import LOCAL_CREDENTIALS
 from tests.conftest import CIRCUIT_COOLDOWN_S, LocalStack, running_stack
 
 pytestmark = pytest.mark.emulator

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from google.cloud import pubsub_v1
 
-from aiprod import monitoring
-from aiprod.entrypoints import intake_job_id
-from aiprod.metrics import LOGGER_NAME
+from aiprod.http.entrypoints import intake_job_id
+from aiprod.observability import monitoring
+from aiprod.observability.metrics import LOGGER_NAME
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.emulator

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from google.cloud import firestore
 
-from aiprod.media import probe_video
+from aiprod.adapters.media import probe_video
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.emulator

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from google.cloud import firestore, pubsub_v1
 
-from aiprod.cli import main as cli
+from aiprod_dev.cli.main import main as cli
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.emulator

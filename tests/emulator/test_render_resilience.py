@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aiprod.localstack import control
+from aiprod_dev.localstack import control
 from tests.conftest import RENDER_DEADLINE_S, LocalStack
 
 pytestmark = pytest.mark.emulator

@@ -22,11 +22,10 @@ import pytest
 
 from aiprod.adapters.ledger import GLOBAL, FirestoreLedger, Scope
 from aiprod.adapters.store import FirestoreJobStore
-from aiprod.catalog import load_catalog
-from aiprod.config import Settings
 from aiprod.domain.budget import ledger_day
 from aiprod.domain.job import Attempt, AttemptStatus, Job, JobRequest, JobStatus
-from aiprod.localstack import control
+from aiprod.wiring.config import Settings, load_catalog
+from aiprod_dev.localstack import control
 from tests.conftest import TERMINAL, LocalStack, running_stack
 
 pytestmark = pytest.mark.emulator

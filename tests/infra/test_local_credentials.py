@@ -9,10 +9,9 @@ locals, so neither side can drift.
 
 from __future__ import annotations
 
-from aiprod.catalog import load_catalog
-from aiprod.config import Settings
-from aiprod.localstack.stack import LOCAL_CREDENTIALS, credentials_for
-from aiprod.topology import topology
+from aiprod.wiring.config import Settings, load_catalog
+from aiprod_dev.localstack.stack import LOCAL_CREDENTIALS, credentials_for
+from aiprod_dev.topology import topology
 from tests.infra import tfconfig
 
 CATALOG = load_catalog(tfconfig.REPO / "backends.yaml")

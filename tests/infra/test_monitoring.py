@@ -1,5 +1,5 @@
 """terraform/monitoring.tf checked offline against the code: the log-based metrics
-read the lines aiprod.metrics writes, and every alert, SLO and chart Terraform
+read the lines aiprod.observability.metrics writes, and every alert, SLO and chart Terraform
 would deploy names only metrics the code emits."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from aiprod import logs, metrics, monitoring
-from aiprod.config import Settings
+from aiprod.observability import logs, metrics, monitoring
+from aiprod.wiring.config import Settings
 from tests import metric_calls
 from tests.infra import tfconfig
 from tests.infra.tfconfig import Deployment, Instance
@@ -47,7 +47,7 @@ def alert_policies(deployment: Deployment) -> dict[str, Instance]:
 
 
 def emitted_line(name: str, value: float, **labels: str) -> dict[str, Any]:
-    """The line aiprod.metrics writes for a point, as Cloud Logging stores it."""
+    """The line aiprod.observability.metrics writes for a point, as Cloud Logging stores it."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logs.CloudLoggingFormatter())

@@ -8,7 +8,9 @@ served by functions-framework from the unpacked main.py.
 
 from __future__ import annotations
 
+import ast
 import base64
+import importlib.metadata as metadata
 import json
 import os
 import socket
@@ -22,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from tests.infra import tfconfig
 
@@ -60,11 +63,30 @@ def test_archive_layout(archive: Path) -> None:
         assert zf.read("main.py") == (REPO / "functions" / "main.py").read_bytes()
         assert zf.read("backends.yaml") == (REPO / "backends.yaml").read_bytes()
     assert {"main.py", "backends.yaml", "requirements.txt", "aiprod/__init__.py",
-            "aiprod/entrypoints.py", "aiprod/config.py"} <= set(names)
+            "aiprod/http/entrypoints.py", "aiprod/wiring/config.py"} <= set(names)
     assert ("monitoring.yaml" in names) == (REPO / "monitoring.yaml").exists()
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-    assert not [n for n in names if n.startswith(("aiprod/sim/", "aiprod/localstack/"))]
     assert names == sorted(names)
+    # The deploy boundary is the package boundary: all of aiprod, nothing else.
+    package = REPO / "shared" / "aiprod"
+    shipped = {n.removeprefix("aiprod/") for n in names if n.startswith("aiprod/")}
+    assert shipped == {p.relative_to(package).as_posix() for p in package.rglob("*")
+                       if p.is_file() and "__pycache__" not in p.parts}
+    assert set(names) - {f"aiprod/{n}" for n in shipped} <= {
+        "main.py", "backends.yaml", "monitoring.yaml", "requirements.txt"}
+
+
+def test_the_production_package_never_imports_the_dev_package() -> None:
+    """Checked on the source too, so the error names the line (the archive test below
+    would only fail with an ImportError)."""
+    offenders = []
+    for path in sorted((REPO / "shared" / "aiprod").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
+                          if n.split(".")[0] == "aiprod_dev"]
+    assert not offenders
 
 
 def test_requirements_are_the_runtime_dependencies_pinned(archive: Path) -> None:
@@ -77,9 +99,15 @@ def test_requirements_are_the_runtime_dependencies_pinned(archive: Path) -> None
                        for line in (REPO / "constraints.txt").read_text().split())
     for name, version in pins.items():
         assert constraints[name] == version, name
-    dev_only = [s.split("==")[0].lower() for s in project["optional-dependencies"]["dev"]
-                if not s.startswith("aiprod")] + ["psutil"]
-    assert not set(dev_only) & set(pins), "dev/local extras must not be deployed"
+    # Nothing only the extras (cli, local, dev) need is deployed: a name listed in an
+    # extra ships only if something deployed requires it too (click: functions-framework).
+    extras = {Requirement(spec).name.lower() for specs in project["optional-dependencies"].values()
+              for spec in specs if not spec.startswith("aiprod")}
+    required_by_deployed = {Requirement(line).name.lower() for name in pins
+                            for line in metadata.distribution(name).requires or []
+                            if "extra ==" not in line}
+    assert "rich" in extras  # the CLI's own dependency, never deployed
+    assert not (extras & set(pins)) - required_by_deployed, "extras must not be deployed"
 
 
 def free_port() -> int:
@@ -127,6 +155,25 @@ def test_requirements_are_complete_and_consistent(archive: Path, installed: Path
     got.pop("setuptools", None)
     # pip installed nothing that requirements.txt does not pin: the pins are the closure.
     assert got == requirements(archive)
+
+
+def test_every_module_of_the_archive_imports_with_only_its_requirements(
+        installed: Path) -> None:
+    """In the clean venv (requirements.txt alone), from the unpacked folder: a module that
+    needed the CLI's, the local stack's or the dev extras' packages would fail here."""
+    script = ("import sys; sys.path.insert(0, '.')\n"
+              "import pkgutil, importlib, aiprod\n"
+              "names = [m.name for m in pkgutil.walk_packages(aiprod.__path__, 'aiprod.')]\n"
+              "for name in names: importlib.import_module(name)\n"
+              "import main\n"
+              "print(len(names))\n")
+    env = {"PATH": f"{installed / 'venv' / 'bin'}:/usr/bin:/bin", "HOME": str(installed),
+           "GOOGLE_CLOUD_PROJECT": "aiprod-package-test"}
+    run = subprocess.run([str(installed / "venv" / "bin" / "python"), "-I", "-c", script],
+                         cwd=installed / "src", env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert int(run.stdout.split()[-1]) > 50  # every module, not an empty package
 
 
 def test_each_entry_point_starts_from_the_archive(installed: Path) -> None:

@@ -13,9 +13,8 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from aiprod.catalog import load_catalog
-from aiprod.config import Settings
-from aiprod.topology import DEAD_LETTER_SUFFIX, load_functions_spec, topology
+from aiprod.wiring.config import Settings, load_catalog
+from aiprod_dev.topology import DEAD_LETTER_SUFFIX, load_functions_spec, topology
 from tests.infra import provider_schema, tfconfig
 from tests.infra.conftest import PROJECT
 from tests.infra.tfconfig import Deployment, Instance, Ref, Template, Unsupported

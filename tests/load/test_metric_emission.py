@@ -18,7 +18,7 @@ INSTANCES, THREADS, PER_THREAD = 50, 4, 100
 
 
 def _instance(path: str, instance: int) -> None:
-    from aiprod import logs, metrics
+    from aiprod.observability import logs, metrics
 
     # The instance's stdout: the shared file, opened for appending.
     sink = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
@@ -45,7 +45,7 @@ def _instance(path: str, instance: int) -> None:
 def test_50_concurrent_instances_lose_and_garble_no_point(tmp_path: Path) -> None:
     out = tmp_path / "stdout.log"
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["aiprod.metrics", "aiprod.logs"])
+    context.set_forkserver_preload(["aiprod.observability.metrics", "aiprod.observability.logs"])
     processes = [context.Process(target=_instance, args=(str(out), i))
                  for i in range(INSTANCES)]
     for process in processes:  # all started before any is awaited: they run at once

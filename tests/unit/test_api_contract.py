@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from aiprod import openapi
 from aiprod.domain.apikeys import hash_key, key_id_of, matches, new_key
 from aiprod.domain.job import (
     Attempt,
@@ -28,6 +27,7 @@ from aiprod.domain.job import (
     Output,
 )
 from aiprod.domain.views import public_job
+from aiprod.http import openapi
 from aiprod.services import webhooks
 from aiprod.services.access import fingerprint
 

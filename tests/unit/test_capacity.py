@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from aiprod.localstack.serve import CapacityGate
-from aiprod.localstack.stack import Stack, StackOptions
-from aiprod.topology import load_functions_spec
+from aiprod_dev.localstack.serve import CapacityGate
+from aiprod_dev.localstack.stack import Stack, StackOptions
+from aiprod_dev.topology import load_functions_spec
 
 
 def test_each_function_gets_the_deployments_capacity_and_render_capacity_lowers_renders(

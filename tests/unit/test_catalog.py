@@ -3,7 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from aiprod.catalog import Mode, load_catalog, parse_catalog
+from aiprod.domain.catalog import Mode, parse_catalog
+from aiprod.wiring.config import load_catalog
 
 
 def test_shipped_catalog_has_one_backend_per_provider_with_current_models() -> None:

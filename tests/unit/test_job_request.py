@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from aiprod.catalog import Mode
+from aiprod.domain.catalog import Mode
 from aiprod.domain.job import AspectRatio, JobRequest, Policy
 
 

@@ -11,7 +11,7 @@ import av
 import pytest
 from av.video.frame import VideoFrame
 
-from aiprod.media import (
+from aiprod.adapters.media import (
     InvalidVideo,
     frame_dimensions,
     frame_stats,

@@ -14,10 +14,8 @@ from typing import Any
 
 import pytest
 
-from aiprod import logs, metrics, monitoring, tracing
 from aiprod.adapters.metered import MeteredProvider
 from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
-from aiprod.catalog import load_catalog
 from aiprod.domain.budget import DayFigures
 from aiprod.domain.job import (
     Attempt,
@@ -29,7 +27,9 @@ from aiprod.domain.job import (
     JobStatus,
     Output,
 )
+from aiprod.observability import logs, metrics, monitoring, tracing
 from aiprod.services import telemetry
+from aiprod.wiring.config import load_catalog
 from tests import metric_calls
 
 SPEC = monitoring.load()
@@ -107,7 +107,7 @@ def test_alerts_slos_and_widgets_name_only_emitted_metrics() -> None:
 
 def test_the_scan_sees_mistakes() -> None:
     source = textwrap.dedent("""
-        from aiprod import metrics
+        from aiprod.observability import metrics
         metrics.count("jobs_admitted", backend="x")
         metrics.count("jobs_admited", backend="x")
         metrics.observe(name, 1.0)

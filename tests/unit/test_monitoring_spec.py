@@ -10,9 +10,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from aiprod import monitoring
-from aiprod.catalog import REPO_ROOT
-from aiprod.config import Settings
+from aiprod import REPO_ROOT
+from aiprod.observability import monitoring
+from aiprod.wiring.config import Settings
 
 # Thresholds written {setting: ...} take the code's default settings here.
 SPEC = monitoring.load().with_settings(Settings.model_construct())

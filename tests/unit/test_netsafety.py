@@ -13,8 +13,8 @@ from typing import ClassVar
 import httpx
 import pytest
 
-from aiprod import netsafety
-from aiprod.netsafety import UnsafeURL, address_problem, check_url
+from aiprod.adapters import netsafety
+from aiprod.adapters.netsafety import UnsafeURL, address_problem, check_url
 
 PUBLIC_V4 = "93.184.215.14"
 PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"

@@ -7,10 +7,11 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiprod.catalog import Catalog, load_catalog, parse_catalog
 from aiprod.domain import routing
+from aiprod.domain.catalog import Catalog, parse_catalog
 from aiprod.domain.job import JobRequest
 from aiprod.domain.pricing import estimate_usd
+from aiprod.wiring.config import load_catalog
 
 CATALOG = load_catalog()
 

@@ -7,9 +7,6 @@ from collections.abc import Sequence
 
 import pytest
 
-from aiprod import monitoring, slo
-from aiprod.catalog import load_catalog
-from aiprod.config import Settings
 from aiprod.domain.budget import DayFigures
 from aiprod.domain.job import (
     Attempt,
@@ -20,6 +17,9 @@ from aiprod.domain.job import (
     JobRequest,
     JobStatus,
 )
+from aiprod.observability import monitoring
+from aiprod.wiring.config import Settings, load_catalog
+from aiprod_dev import slo_report as slo
 
 SPEC = monitoring.load().with_settings(Settings.model_construct())
 CATALOG = load_catalog()
@@ -142,7 +142,8 @@ def test_slo_cli_takes_budget_thresholds_from_the_settings(
 
     from click.testing import CliRunner
 
-    from aiprod import config, slo_cli
+    from aiprod.wiring import config
+    from aiprod_dev.cli import slo as slo_cli
 
     monkeypatch.setenv("AIPROD_DAILY_BUDGET_USD", "250")
     monkeypatch.setenv("AIPROD_DAILY_BUDGET_WARN_USD", "200")

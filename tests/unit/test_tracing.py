@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from aiprod import logs, tracing
 from aiprod.adapters.bus import PubSubBus
+from aiprod.observability import logs, tracing
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 

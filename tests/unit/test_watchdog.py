@@ -7,12 +7,12 @@ import datetime as dt
 
 import pytest
 
-from aiprod.config import Settings
 from aiprod.domain import lifecycle
 from aiprod.domain import watchdog as policy
 from aiprod.domain.job import AttemptError, AttemptStatus, ErrorClass, Job, JobStatus
 from aiprod.domain.lifecycle import ClaimKind
 from aiprod.domain.watchdog import Action
+from aiprod.wiring.config import Settings
 from tests.unit.test_lifecycle import LEASE, T0, claim, error, make_job
 
 STALE = dt.timedelta(seconds=60)

@@ -1,1 +1,2 @@
-"""Adapters: Firestore, Pub/Sub, providers, storage, metrics. They do I/O and decide no policy."""
+"""Adapters: Firestore, Pub/Sub, providers, storage, outbound HTTP (netsafety), media
+probing. They do I/O behind small interfaces and decide no policy."""

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from google.cloud.pubsub_v1 import PublisherClient
 
-from aiprod import tracing
+from aiprod.observability import tracing
 
 PUBLISH_TIMEOUT_S = 30.0
 

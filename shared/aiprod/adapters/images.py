@@ -1,6 +1,6 @@
 """Input images for image-to-video, from wherever the caller put them.
 
-An https URL is fetched under the address rules of aiprod.netsafety (public
+An https URL is fetched under the address rules of aiprod.adapters.netsafety (public
 addresses only, the checked address connected to, no redirects, size capped);
 a gs:// URI is read with the function's own identity; a data: URI is decoded.
 Every image must really be PNG or JPEG (its first bytes are checked, not just
@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 
 import httpx
 
-from aiprod import netsafety
+from aiprod.adapters import netsafety
 from aiprod.adapters.providers.base import ProviderError, StagedImage
 from aiprod.adapters.storage import SigningUnavailable
 from aiprod.domain.job import ErrorClass

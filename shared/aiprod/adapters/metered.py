@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiprod import metrics
 from aiprod.adapters.providers.base import (
     ProviderError,
     RenderSpec,
@@ -21,7 +20,8 @@ from aiprod.adapters.providers.base import (
     TaskStatus,
     VideoProvider,
 )
-from aiprod.catalog import Backend
+from aiprod.domain.catalog import Backend
+from aiprod.observability import metrics
 
 
 class MeteredProvider:

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from aiprod.catalog import Mode
+from aiprod.domain.catalog import Mode
 
 MAX_PROMPT_CHARS = 5000  # the widest provider limit; per-backend limits apply in routing
 MAX_IMAGE_URL_CHARS = 28_000_000  # a 20 MiB image as base64, within a 32 MB request
@@ -80,7 +80,7 @@ class JobRequest(BaseModel):
     @field_validator("image_url")
     @classmethod
     def _image_source(cls, url: str | None, info: ValidationInfo) -> str | None:
-        # http:// passes here only to get admission's clearer refusal (aiprod.netsafety),
+        # http:// passes here only to get admission's clearer refusal (aiprod.adapters.netsafety),
         # which a development allow-list can lift for a local image server.
         if url is None or url.startswith(("https://", "http://", "gs://", *IMAGE_DATA_URI)):
             return url

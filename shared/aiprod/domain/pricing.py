@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiprod.catalog import Backend
+from aiprod.domain.catalog import Backend
 
 
 def price_per_second(backend: Backend, audio: bool) -> float:

@@ -1,6 +1,6 @@
 """The output check and the job's quality score.
 
-Every output is decoded before a job may succeed (see aiprod.media.probe_video).
+Every output is decoded before a job may succeed (see aiprod.adapters.media.probe_video).
 A video that is mostly blank or frozen, or whose duration or aspect ratio is not
 what was asked for, fails the check: that is the backend's failure, and the job
 falls back. A video that passes keeps the backend's catalog quality score,
@@ -23,7 +23,7 @@ DURATION_PENALTY = 1.0         # score lost per unit of relative duration error
 
 @dataclass(frozen=True)
 class Observed:
-    """What decoding the output found (a subset of aiprod.media.VideoInfo)."""
+    """What decoding the output found (a subset of aiprod.adapters.media.VideoInfo)."""
 
     width: int
     height: int

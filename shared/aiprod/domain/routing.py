@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from aiprod.catalog import Backend, Catalog
+from aiprod.domain.catalog import Backend, Catalog
 from aiprod.domain.job import JobRequest, Policy
 from aiprod.domain.pricing import estimate_usd
 

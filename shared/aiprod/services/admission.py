@@ -7,18 +7,17 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from aiprod import netsafety
-from aiprod.adapters import images
+from aiprod.adapters import images, netsafety
 from aiprod.adapters.providers.base import ProviderError
 from aiprod.domain import budget as budget_policy
 from aiprod.domain import health as health_policy
 from aiprod.domain import routing
 from aiprod.domain.events import EventType
 from aiprod.domain.job import InputImage, Job, JobRequest, JobStatus, staged_key
-from aiprod.logs import log
-from aiprod.runtime import Runtime
+from aiprod.observability.logs import log
 from aiprod.services import budget, telemetry
 from aiprod.services.publishing import dispatch, emit
+from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def quote(rt: Runtime, request: JobRequest,
 
 
 def url_problem(rt: Runtime, request: JobRequest) -> tuple[str, str] | None:
-    """The field and reason of a URL AIPROD may not call (aiprod.netsafety): the
+    """The field and reason of a URL AIPROD may not call (aiprod.adapters.netsafety): the
     webhook_url, or an https image_url (checked again when it is fetched)."""
     if request.image_url is not None and request.image_url.startswith("gs://"):
         bucket = request.image_url.removeprefix("gs://").partition("/")[0]

@@ -11,9 +11,9 @@ from aiprod.domain import budget
 from aiprod.domain.apikeys import key_of_owner
 from aiprod.domain.budget import DayFigures, Threshold
 from aiprod.domain.job import Attempt, AttemptStatus, Job
-from aiprod.logs import log
-from aiprod.runtime import Runtime
+from aiprod.observability.logs import log
 from aiprod.services import telemetry
+from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import time
 from aiprod.adapters.providers.base import ProviderError, TaskState, TaskStatus
 from aiprod.domain import lifecycle
 from aiprod.domain.job import Job
-from aiprod.logs import log
-from aiprod.runtime import Runtime
+from aiprod.observability.logs import log
 from aiprod.services import budget, telemetry
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import emit_terminal, request_stop
+from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

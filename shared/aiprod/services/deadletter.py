@@ -9,12 +9,12 @@ from pydantic import ValidationError
 
 from aiprod.domain import lifecycle
 from aiprod.domain.job import Job
-from aiprod.logs import log
-from aiprod.runtime import Runtime
+from aiprod.observability.logs import log
 from aiprod.services import budget, telemetry
 from aiprod.services.cancel import settle_unstoppable
 from aiprod.services.messages import RenderMessage, intake_job_id
 from aiprod.services.publishing import emit_rejected, emit_terminal, request_stop
+from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from aiprod.domain import health as policy
 from aiprod.domain.job import AttemptError, ErrorClass
-from aiprod.logs import log
-from aiprod.runtime import Runtime
+from aiprod.observability.logs import log
 from aiprod.services import telemetry
+from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import logging
 from aiprod.domain.events import TERMINAL_EVENTS, EventType, JobEvent, job_event
 from aiprod.domain.job import Job, JobStatus
 from aiprod.domain.views import public_job
-from aiprod.logs import log
-from aiprod.runtime import Runtime
+from aiprod.observability.logs import log
 from aiprod.services.messages import RenderMessage
+from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

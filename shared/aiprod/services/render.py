@@ -16,8 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiprod import media
-from aiprod.adapters import images
+from aiprod.adapters import images, media
 from aiprod.adapters.providers.base import (
     ProviderError,
     RenderSpec,
@@ -25,9 +24,9 @@ from aiprod.adapters.providers.base import (
     TaskState,
     TaskStatus,
 )
-from aiprod.catalog import Backend
 from aiprod.domain import health as health_policy
 from aiprod.domain import lifecycle, pricing, quality
+from aiprod.domain.catalog import Backend
 from aiprod.domain.events import EventType
 from aiprod.domain.job import (
     AttemptError,
@@ -39,12 +38,12 @@ from aiprod.domain.job import (
     Output,
 )
 from aiprod.domain.lifecycle import ClaimKind
-from aiprod.logs import log
-from aiprod.runtime import Runtime
+from aiprod.observability.logs import log
 from aiprod.services import budget, gate, telemetry
 from aiprod.services.cancel import stop_task
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import dispatch, emit, emit_terminal
+from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ redelivered message that changes nothing emits nothing)."""
 
 from __future__ import annotations
 
-from aiprod import metrics
 from aiprod.domain import budget
 from aiprod.domain.budget import DayFigures
 from aiprod.domain.job import Job, JobStatus
+from aiprod.observability import metrics
 
 NONE = "none"  # label value when there is no backend or no error class to name
 

@@ -23,11 +23,11 @@ from aiprod.domain import lifecycle
 from aiprod.domain import watchdog as policy
 from aiprod.domain.job import Job
 from aiprod.domain.watchdog import Action
-from aiprod.logs import log
-from aiprod.runtime import Runtime
+from aiprod.observability.logs import log
 from aiprod.services import admission, budget, render, telemetry
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import emit_terminal, request_stop
+from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ job there, signed the way Standard Webhooks (standardwebhooks.com) signs.
 The notifier function gets every job event from its push subscription on
 job-events. A failed delivery raises, so Pub/Sub redelivers with backoff (the
 subscription's retry policy) and dead-letters after its delivery attempts. The
-address is checked again before every try (aiprod.netsafety): a URL that has
+address is checked again before every try (aiprod.adapters.netsafety): a URL that has
 become unsafe is dropped, not retried. See docs/webhooks.md.
 """
 
@@ -29,10 +29,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from aiprod import netsafety
+from aiprod.adapters import netsafety
 from aiprod.domain.events import TERMINAL_EVENTS
-from aiprod.logs import log
-from aiprod.runtime import Runtime
+from aiprod.observability.logs import log
+from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

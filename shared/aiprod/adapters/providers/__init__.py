@@ -26,9 +26,9 @@ from aiprod.adapters.providers.base import (
     TaskStatus,
     VideoProvider,
 )
-from aiprod.catalog import Backend
-from aiprod.config import Settings
+from aiprod.domain.catalog import Backend
 from aiprod.domain.job import ErrorClass
+from aiprod.wiring.config import Settings
 
 __all__ = [
     "MAX_DOWNLOAD_BYTES",

@@ -32,8 +32,8 @@ from aiprod.adapters.providers.base import (
     TaskState,
     TaskStatus,
 )
-from aiprod.config import Settings
 from aiprod.domain.job import ErrorClass
+from aiprod.wiring.config import Settings
 
 logger = logging.getLogger(__name__)
 

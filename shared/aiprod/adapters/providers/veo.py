@@ -24,8 +24,7 @@ from google.auth.transport.requests import AuthorizedSession
 from google.genai import errors, types
 from google.oauth2.credentials import Credentials as TokenCredentials
 
-from aiprod import netsafety
-from aiprod.adapters import images
+from aiprod.adapters import images, netsafety
 from aiprod.adapters.providers import (
     TRANSPORT_ERRORS,
     clip,
@@ -42,8 +41,8 @@ from aiprod.adapters.providers.base import (
     TaskState,
     TaskStatus,
 )
-from aiprod.config import Settings
 from aiprod.domain.job import ErrorClass
+from aiprod.wiring.config import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,121 @@
+"""Configuration from environment variables (documented in README.md).
+
+Defaults run the local stack; production sets the same variables in Terraform.
+Provider secrets are SecretStr so they never print in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aiprod import root_file
+from aiprod.domain.catalog import Catalog, parse_catalog
+
+DEFAULT_CATALOG_PATH = root_file("backends.yaml")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIPROD_", extra="ignore")
+
+    project: str = Field(default="aiprod-local", validation_alias="GOOGLE_CLOUD_PROJECT")
+    firestore_database: str = "(default)"
+    catalog_path: Path = Field(default=DEFAULT_CATALOG_PATH, validation_alias="AIPROD_CATALOG")
+
+    # Topics (names, not paths).
+    intake_topic: str = "video-jobs"
+    events_topic: str = "job-events"
+
+    # Which backend this render deployment serves.
+    backend: str = Field(default="", validation_alias="BACKEND")
+
+    # Money.
+    daily_budget_usd: float = 100.0
+    daily_budget_warn_usd: float = 90.0
+
+    # Rendering.
+    poll_interval_s: float = 5.0
+    render_deadline_s: float = 480.0  # hand off to a continuation before the function timeout
+    create_timeout_s: float = 60.0
+    # After a create call whose outcome is unknown, how long to wait before falling
+    # back when the provider cannot be searched; empty: the catalog's task_timeout_s.
+    unknown_outcome_wait_s: float | None = None
+    transient_retry_initial_s: float = 1.0
+    transient_retry_budget_s: float = 30.0
+    fallback_on_refusal: bool = False  # a refused prompt is refused everywhere
+    # Outputs a render process downloads, decodes and checks at once, whatever its
+    # concurrency: what bounds its memory (and /tmp, which is memory on Cloud Functions).
+    output_checks_at_once: int = Field(default=2, ge=1)
+    # A render message dead-lettered before its attempt started (every instance was
+    # busy for all its deliveries) goes back on its render topic while the job is
+    # younger than this; after, the job ends FAILED.
+    redrive_max_age_s: float = 24 * 3600.0
+
+    # Backend health (circuit breakers shared by every instance).
+    circuit_strikes: int = 3
+    circuit_cooldown_s: float = 300.0
+    # How long to wait for a call slot before falling back (on the plan's last backend:
+    # before handing the message back for Pub/Sub to redeliver).
+    backend_busy_wait_s: float = 30.0
+
+    # Outputs: a local folder, or gs://bucket/prefix in production.
+    output_uri: str = "file://./out/store"
+
+    # Provider endpoints and credentials.
+    runway_base_url: str = "https://api.dev.runwayml.com"
+    runway_api_key: SecretStr = SecretStr("")
+    replicate_base_url: str = "https://api.replicate.com"
+    replicate_api_token: SecretStr = SecretStr("")
+    veo_base_url: str = ""  # empty: Google's regional endpoint
+    veo_location: str = "us-central1"
+    veo_access_token: SecretStr = SecretStr("")  # empty: Application Default Credentials
+
+    # The watchdog (re-drives jobs that stopped moving; see README, "No job stuck").
+    # How often it runs: Cloud Scheduler's schedule in production, the local
+    # stack's timer in development; one run also stops starting new pages after it.
+    watchdog_interval_s: float = 60.0
+    # How long a job may go without a change before the watchdog looks at it. At
+    # least Pub/Sub's maximum retry backoff (600 s, terraform/topology.tf), so it
+    # does not duplicate a redelivery Pub/Sub still has scheduled; an open attempt
+    # is re-driven only once its lease (attempt_lease, 600 s) has also expired.
+    watchdog_stale_s: float = 600.0
+
+    # Callers: requests per minute for an API key created without its own --rpm.
+    default_rate_limit_rpm: int = 600
+
+    # Webhooks (the notifier signs them; admission checks their addresses).
+    webhook_signing_key: SecretStr = SecretStr("")  # whsec_<base64>, from Secret Manager
+    webhook_timeout_s: float = 10.0
+    # Development only: comma-separated hosts exempt from the address rules (and
+    # allowed plain http), e.g. 127.0.0.1 for a local receiver. Production: empty.
+    webhook_allow_hosts: str = ""
+    # Development only, likewise, for input image URLs fetched by AIPROD.
+    image_allow_hosts: str = ""
+    # Buckets callers may name in gs:// image URLs (comma-separated). AIPROD reads
+    # them with its own identity, so any other bucket (its output bucket above all)
+    # is refused: callers must not borrow AIPROD's access.
+    image_buckets: str = ""
+
+    @property
+    def attempt_lease(self) -> dt.timedelta:
+        """How long one invocation may hold an attempt (or a circuit probe): it hands
+        off to a continuation before this runs out."""
+        return dt.timedelta(seconds=self.create_timeout_s + self.render_deadline_s + 60)
+
+    def catalog(self) -> Catalog:
+        return load_catalog(self.catalog_path)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+@functools.cache
+def load_catalog(path: Path = DEFAULT_CATALOG_PATH) -> Catalog:
+    """The catalog in `path` (backends.yaml beside the code by default), read once."""
+    return parse_catalog(Path(path).read_text())

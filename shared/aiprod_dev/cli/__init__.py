@@ -1,0 +1,1 @@
+"""The `aiprod` command (click + rich): the local stack, keys, budget, SLO report."""
