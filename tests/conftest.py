@@ -19,10 +19,11 @@ import pytest
 from google.cloud import firestore, pubsub_v1
 
 from aiprod.adapters.store import job_from_doc
+from aiprod.domain.job import TERMINAL_JOB_STATUSES
 from aiprod.domain.views import public_job
 from aiprod_dev.localstack import control
 
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
+TERMINAL = TERMINAL_JOB_STATUSES  # job["status"] strings compare equal to the members
 # Deliveries before a message is dead-lettered on the tests' stack: Pub/Sub's
 # minimum (production: functions.yaml), so dead-letter paths run in seconds.
 MAX_DELIVERY_ATTEMPTS = 5

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from aiprod.domain.job import TERMINAL_JOB_STATUSES
 from aiprod.wiring.config import load_catalog
 from aiprod_dev.cli.slo import slo_command
 from aiprod_dev.cli.support import firestore_client, state_dir
@@ -25,7 +26,6 @@ from aiprod_dev.localstack.stack import DEFAULT_PORT_BASE
 from aiprod_dev.sim.core import FaultMode
 
 console = Console()
-TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"}
 FAULT_MODES = list(get_args(FaultMode))
 
 
@@ -193,7 +193,7 @@ def wait_for_job(api: str, job_id: str, timeout: float = 600.0) -> dict[str, Any
     job: dict[str, Any] = _check(httpx.get(f"{api}/v1/jobs/{job_id}", headers=_headers(api),
                                            timeout=30))
     with Live(_attempts_table(job), console=console, refresh_per_second=8) as live:
-        while job["status"] not in TERMINAL and time.monotonic() < deadline:
+        while job["status"] not in TERMINAL_JOB_STATUSES and time.monotonic() < deadline:
             time.sleep(0.25)
             job = _check(httpx.get(f"{api}/v1/jobs/{job_id}", headers=_headers(api), timeout=30))
             live.update(_attempts_table(job))
