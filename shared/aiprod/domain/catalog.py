@@ -8,7 +8,9 @@ from enum import StrEnum
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from aiprod.domain.model import Strict
 
 
 class Mode(StrEnum):
@@ -16,11 +18,7 @@ class Mode(StrEnum):
     IMAGE_TO_VIDEO = "image_to_video"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Durations(_Strict):
+class Durations(Strict):
     """Either an inclusive integer range or an explicit list of allowed seconds."""
 
     min: int | None = None
@@ -47,27 +45,27 @@ class Durations(_Strict):
         return f"{self.min}-{self.max}"
 
 
-class ModeCapability(_Strict):
+class ModeCapability(Strict):
     durations: Durations
     aspect_ratios: tuple[str, ...]
     audio: bool
 
 
-class Price(_Strict):
+class Price(Strict):
     usd_per_second: float = Field(gt=0)
     usd_per_second_with_audio: float | None = Field(default=None, gt=0)
     source: str
     as_of: str
 
 
-class Limits(_Strict):
+class Limits(Strict):
     max_prompt_chars: int = Field(gt=0)
     max_image_data_uri_bytes: int = Field(gt=0)
     # Past this, a task the provider may have started has surely ended.
     task_timeout_s: int = Field(gt=0)
 
 
-class Backend(_Strict):
+class Backend(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{1,40}[a-z0-9]$")
     provider: Literal["runway", "veo", "replicate"]
     model: str
@@ -82,7 +80,7 @@ class Backend(_Strict):
         return f"render-{self.name}"
 
 
-class Catalog(_Strict):
+class Catalog(Strict):
     version: Literal[1]
     backends: tuple[Backend, ...] = Field(min_length=1)
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from aiprod import root_file
+from aiprod.domain.model import Strict
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 # Fields every log line already has (logs.py) or that metrics.py writes.
@@ -42,11 +43,7 @@ THRESHOLD_SETTINGS = frozenset({"daily_budget_usd", "daily_budget_warn_usd"})
 DEFAULT_MONITORING_PATH = root_file("monitoring.yaml")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Metric(_Strict):
+class Metric(Strict):
     name: str
     kind: MetricKind
     unit: str = Field(min_length=1)
@@ -77,7 +74,7 @@ class Metric(_Strict):
         return self.kind != "counter"
 
 
-class BuiltinMetric(_Strict):
+class BuiltinMetric(Strict):
     """A metric Google Cloud itself writes (Pub/Sub, Cloud Run), named by its type.
 
     Alerts may use it; the code does not emit it, so `docs` must point at Google's
@@ -110,7 +107,7 @@ class BuiltinMetric(_Strict):
         return self.labels + self.resource_labels
 
 
-class SettingRef(_Strict):
+class SettingRef(Strict):
     """A threshold taken from a deployment setting, e.g. {setting: daily_budget_usd}."""
 
     setting: str
@@ -126,7 +123,7 @@ class SettingRef(_Strict):
 Threshold = float | SettingRef
 
 
-class Condition(_Strict):
+class Condition(Strict):
     aggregate: Aggregate
     window_s: int = Field(default=3600, ge=60, le=86400)
     above: Threshold | None = None
@@ -178,7 +175,7 @@ class Condition(_Strict):
         return value >= self.threshold
 
 
-class Alert(_Strict):
+class Alert(Strict):
     name: str
     display_name: str = Field(min_length=1, max_length=512)
     severity: Literal["CRITICAL", "ERROR", "WARNING"]
@@ -188,7 +185,7 @@ class Alert(_Strict):
     documentation: str = Field(min_length=1, max_length=8192)
 
 
-class Good(_Strict):
+class Good(Strict):
     below: float | None = None
     at_least: float | None = None
 
@@ -211,7 +208,7 @@ class Good(_Strict):
         return value >= self.at_least
 
 
-class Slo(_Strict):
+class Slo(Strict):
     name: str
     display_name: str = Field(min_length=1)
     metric: str
@@ -221,28 +218,28 @@ class Slo(_Strict):
     description: str = ""
 
 
-class Series(_Strict):
+class Series(Strict):
     metric: str
     aggregate: Aggregate
     group_by: tuple[str, ...] = ()
     filter: dict[str, str] = Field(default_factory=dict)
 
 
-class Widget(_Strict):
+class Widget(Strict):
     title: str = Field(min_length=1)
     unit: str = ""
     plot: Literal["line", "stacked_bars"] = "line"
     series: tuple[Series, ...] = Field(min_length=1)
 
 
-class Dashboard(_Strict):
+class Dashboard(Strict):
     display_name: str
     columns: int = Field(default=2, ge=1, le=12)
     window_s: int = Field(default=300, ge=60)
     widgets: tuple[Widget, ...] = Field(min_length=1)
 
 
-class MonitoringSpec(_Strict):
+class MonitoringSpec(Strict):
     version: Literal[1]
     prefix: str = Field(pattern=r"^[a-z][a-z0-9_]*_$")
     resource_type: str
