@@ -45,6 +45,16 @@ class JobEvent(BaseModel):
     job: dict[str, Any] | None = None  # the public job, on terminal events
 
 
+def attributes(event_type: str, event_id: str, *, job_id: str | None = None,
+               status: str | None = None, correlation_id: str | None = None) -> dict[str, str]:
+    """The Pub/Sub attributes of an event on job-events, what subscribers filter and
+    dedupe on without reading the body: its type and id, and for a job's event the
+    job id, its status and the publisher's correlation_id when there is one."""
+    labels = {"job_id": job_id, "type": event_type, "status": status, "event_id": event_id,
+              "correlation_id": correlation_id}
+    return {name: value for name, value in labels.items() if value}
+
+
 def job_event(job: Job, event_type: EventType, *, attempt: int | None = None,
               public_job: dict[str, Any] | None = None) -> JobEvent:
     """The event for a change that just happened to `job` (ids derive from the change)."""

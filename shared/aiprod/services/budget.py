@@ -13,6 +13,7 @@ from aiprod.domain.budget import DayFigures, Threshold
 from aiprod.domain.job import Attempt, AttemptStatus, Job
 from aiprod.observability.logs import log
 from aiprod.services import telemetry
+from aiprod.services.publishing import emit_budget_threshold
 from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,5 @@ def check_thresholds(rt: Runtime, day: str) -> Threshold:
             f"daily budget {level.value}: {budget.to_usd(figures.committed_micros)} USD of "
             f"{budget.to_usd(figures.limit_micros)} committed", event="budget_threshold",
             **figures.public())
-        rt.bus.publish(rt.settings.events_topic,
-                       {"event_id": f"budget:{day}:{level.value}",
-                        "type": f"budget.{level.value}", **figures.public()},
-                       {"type": f"budget.{level.value}", "event_id": f"budget:{day}:{level.value}"})
+        emit_budget_threshold(rt, figures)
     return level

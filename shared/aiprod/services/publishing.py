@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from aiprod.domain.events import TERMINAL_EVENTS, EventType, JobEvent, job_event
+from aiprod.domain.budget import DayFigures
+from aiprod.domain.events import TERMINAL_EVENTS, EventType, JobEvent, attributes, job_event
 from aiprod.domain.job import Job, JobStatus
 from aiprod.domain.views import public_job
 from aiprod.observability.logs import log
@@ -42,10 +44,7 @@ def emit(rt: Runtime, job: Job, event_type: EventType, attempt: int | None = Non
     body = None
     if event_type in TERMINAL_EVENTS.values():
         body = public_job(job)
-    event = job_event(job, event_type, attempt=attempt, public_job=body)
-    rt.bus.publish(rt.settings.events_topic, event.model_dump(mode="json", by_alias=True),
-                   {"job_id": job.id, "type": event.type.value, "status": job.status.value,
-                    "event_id": event.event_id})
+    _publish_job_event(rt, job_event(job, event_type, attempt=attempt, public_job=body))
 
 
 def emit_terminal(rt: Runtime, job: Job) -> None:
@@ -59,8 +58,24 @@ def emit_rejected(rt: Runtime, job_id: str, correlation_id: str | None, reason: 
     event = JobEvent(event_id=f"{job_id}:{EventType.REJECTED.value}", type=EventType.REJECTED,
                      job_id=job_id, status=JobStatus.REJECTED, at=rt.clock(), reason=reason,
                      correlation_id=correlation_id)
-    rt.bus.publish(rt.settings.events_topic,
-                   event.model_dump(mode="json") | {"code": code, **extra},
-                   {"job_id": job_id, "type": event.type.value, "status": "REJECTED",
-                    "event_id": event.event_id, **({"correlation_id": correlation_id}
-                                                   if correlation_id else {})})
+    _publish_job_event(rt, event, code=code, **extra)
+
+
+def emit_budget_threshold(rt: Runtime, figures: DayFigures) -> None:
+    """Announce that the day's committed spend crossed its warning or critical level
+    (the caller makes sure it is announced once per day and level)."""
+    level = figures.threshold.value
+    event_type, event_id = f"budget.{level}", f"budget:{figures.day}:{level}"
+    _publish_event(rt, {"event_id": event_id, "type": event_type, **figures.public()},
+                   attributes(event_type, event_id))
+
+
+def _publish_job_event(rt: Runtime, event: JobEvent, **extra: str) -> None:
+    _publish_event(rt, event.model_dump(mode="json", by_alias=True) | extra,
+                   attributes(event.type.value, event.event_id, job_id=event.job_id,
+                              status=event.status.value, correlation_id=event.correlation_id))
+
+
+def _publish_event(rt: Runtime, body: dict[str, Any], event_attributes: dict[str, str]) -> None:
+    """The one path to job-events."""
+    rt.bus.publish(rt.settings.events_topic, body, event_attributes)
