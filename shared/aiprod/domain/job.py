@@ -20,6 +20,8 @@ from pydantic import (
 
 from aiprod.domain.catalog import Mode
 
+# The `$id` of schemas/job-request.v1.json, named by intake's job.rejected events.
+JOB_REQUEST_SCHEMA_ID = "urn:aiprod:schema:job-request:v1"
 MAX_PROMPT_CHARS = 5000  # the widest provider limit; per-backend limits apply in routing
 MAX_IMAGE_URL_CHARS = 28_000_000  # a 20 MiB image as base64, within a 32 MB request
 IMAGE_DATA_URI = ("data:image/png;base64,", "data:image/jpeg;base64,")

@@ -5,10 +5,8 @@ calls one service."""
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
-import re
 from typing import Any
 
 import flask
@@ -17,26 +15,20 @@ from flask import Request, Response
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, TooManyRequests
 
-from aiprod.domain import routing
-from aiprod.domain.job import JobRequest, same_request
-from aiprod.domain.problems import invalid_request
 from aiprod.http import api as rest
-from aiprod.http.openapi import JOB_REQUEST_SCHEMA_ID
 from aiprod.observability import logs, tracing
 from aiprod.observability.logs import log
-from aiprod.services import admission, messages, telemetry, webhooks
+from aiprod.services import intake as intake_service
+from aiprod.services import messages, webhooks
 from aiprod.services import watchdog as watchdog_service
 from aiprod.services.cancel import stop_task
 from aiprod.services.deadletter import handle_dead_letter
 from aiprod.services.messages import RenderMessage
-from aiprod.services.publishing import emit_rejected
 from aiprod.services.render import BackendBusy, handle_render
 from aiprod.wiring.runtime import get_runtime
 
 logger = logging.getLogger(__name__)
 logs.configure()
-
-PUBLISHER = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class PubSubMessage:
@@ -47,12 +39,12 @@ class PubSubMessage:
         message: dict[str, Any] = (event.data or {}).get("message", {})
         self.id: str = message.get("messageId") or message.get("message_id") or event["id"]
         self.attributes: dict[str, str] = message.get("attributes") or {}
-        self._data: str | bytes = message.get("data") or b""
+        self.data: str | bytes = message.get("data") or b""  # base64
 
     @property
     def raw(self) -> bytes:
         """The payload; raises binascii.Error (a ValueError) for bad base64."""
-        return base64.b64decode(self._data, validate=True)
+        return base64.b64decode(self.data, validate=True)
 
     def json(self) -> Any:
         return json.loads(self.raw)
@@ -100,75 +92,13 @@ def intake_job_id(message: PubSubMessage) -> str:
     return messages.intake_job_id(message.attributes, message.id)
 
 
-def intake_owner(message: PubSubMessage) -> str:
-    """Who published it: the topic's IAM is the gate (only granted publishers get
-    here); the `publisher` attribute names the system, for attribution."""
-    publisher = message.attributes.get("publisher", "")
-    if not PUBLISHER.fullmatch(publisher):
-        publisher = "unnamed"
-    return f"pubsub:{publisher}"
-
-
 @tracing.event_entry
 def intake(event: CloudEvent) -> None:
-    """Admit a job another system published; answer bad ones on job-events.
-
-    The message is the same JSON as the POST /v1/jobs body, checked as strictly
-    (schemas/job-request.v1.json). A message that can never be admitted is
-    acknowledged, not retried, and answered with a REJECTED event carrying the
-    reason and the publisher's correlation_id.
-    """
+    """Admit a job another system published; answer bad ones on job-events
+    (aiprod.services.intake). Raises TemporarilyRefused so Pub/Sub retries."""
     message = PubSubMessage(event)
-    rt = get_runtime()
-    correlation_id = message.attributes.get("correlation_id")
-    job_id = intake_job_id(message)
-    try:
-        if not isinstance(json.loads(message.raw), dict):
-            raise ValueError("expected a JSON object")
-        request = JobRequest.model_validate_json(message.raw, strict=True)
-    except (ValueError, binascii.Error, ValidationError) as error:
-        if isinstance(error, ValidationError):
-            reason = invalid_request(error).detail
-        else:
-            reason = f"the message is not a JSON job request: {error}"
-        telemetry.rejected("invalid_request", job_id)
-        _reject(job_id, correlation_id, reason, "invalid-request")
-        return
-    unsafe = admission.url_problem(rt, request)
-    if unsafe is not None:
-        telemetry.rejected("unsafe_url", job_id)
-        _reject(job_id, correlation_id, f"{unsafe[0]}: {unsafe[1]}", "unsafe-url")
-        return
-    try:
-        result = admission.admit(rt, request, job_id=job_id, owner=intake_owner(message),
-                                 correlation_id=correlation_id)
-    except admission.InvalidUpload as bad:
-        telemetry.rejected("invalid_image", job_id)
-        _reject(job_id, correlation_id, f"image_url: {bad.message}", "invalid-image")
-        return
-    if isinstance(result, admission.Admitted) and not result.created and not same_request(
-            result.job, request):
-        # A publisher reused an idempotency key for another job: say so, keep the first.
-        _reject(job_id, correlation_id, "idempotency_key was already used for another job "
-                "request; use a new key for a new job", "idempotency-key-reused")
-        return
-    if isinstance(result, routing.Rejection):
-        if result.reason is routing.RejectionReason.UNHEALTHY:
-            # Every fitting backend is cooling down: a temporary state. Pub/Sub retries
-            # with backoff (and dead-letters if it lasts), rather than a final refusal.
-            raise TemporarilyRefused(result.detail)
-        _reject(job_id, correlation_id, result.detail, result.reason.value)
-
-
-class TemporarilyRefused(Exception):
-    """Admission cannot take the job now but may shortly."""
-
-
-def _reject(job_id: str, correlation_id: str | None, reason: str, code: str) -> None:
-    rt = get_runtime()
-    log(logger, logging.WARNING, f"intake message rejected: {reason}", job_id=job_id,
-        correlation_id=correlation_id)
-    emit_rejected(rt, job_id, correlation_id, reason, code, schema=JOB_REQUEST_SCHEMA_ID)
+    intake_service.handle(get_runtime(), intake_service.IntakeMessage(
+        message.id, message.attributes, message.data))
 
 
 @tracing.event_entry

@@ -25,12 +25,17 @@ from pydantic.json_schema import models_json_schema
 from aiprod import REPO_ROOT
 from aiprod import __version__ as _version
 from aiprod.domain.budget import Threshold
-from aiprod.domain.job import AttemptStatus, ErrorClass, JobRequest, JobStatus
+from aiprod.domain.job import (
+    JOB_REQUEST_SCHEMA_ID,
+    AttemptStatus,
+    ErrorClass,
+    JobRequest,
+    JobStatus,
+)
 
 OPENAPI_PATH = REPO_ROOT / "docs" / "openapi.json"
 SCHEMAS_DIR = REPO_ROOT / "schemas"
 JOB_REQUEST_SCHEMA = SCHEMAS_DIR / "job-request.v1.json"
-JOB_REQUEST_SCHEMA_ID = "urn:aiprod:schema:job-request:v1"
 REF = "#/components/schemas/{model}"
 
 
