@@ -1,5 +1,5 @@
 """May AIPROD call this URL? Outbound requests to addresses a caller chose
-(webhooks now, image URLs next) must never reach AIPROD's own network.
+(webhooks, input image URLs) must never reach AIPROD's own network.
 
 The rules, applied by `check_url`:
 - https only; no user:password@ part; a host and, if given, a valid port;
@@ -12,16 +12,16 @@ The rules, applied by `check_url`:
 - a name that resolves to any refused address is refused (every address is
   checked, not just the first, so a mixed answer cannot slip one in).
 
-`post` then connects to an address that passed the check, never resolving the
-name again (so a DNS answer that changes between check and use, "DNS
-rebinding", cannot redirect it), sends the original name as Host and as the
-TLS server name (so certificates are verified against the name), follows no
-redirects and ignores proxy settings.
+`post` (webhooks) and `get` (images) then connect to an address that passed
+the check, never resolving the name again (so a DNS answer that changes
+between check and use, "DNS rebinding", cannot redirect it), send the original
+name as Host and as the TLS server name (so certificates are verified against
+the name), follow no redirects and ignore proxy settings.
 
 Development override: hosts named in `allow_hosts` (exactly as written in the
-URL, e.g. 127.0.0.1) skip the address rules and may use plain http. The local
-stack sets it (AIPROD_WEBHOOK_ALLOW_HOSTS) for its test receivers; production
-never does.
+URL, e.g. 127.0.0.1) skip the address rules and may use plain http. The
+emulator tests set it (AIPROD_WEBHOOK_ALLOW_HOSTS, AIPROD_IMAGE_ALLOW_HOSTS) for
+their webhook receivers and image servers on this machine; production never does.
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ class Target:
 
 
 def parse_allow_hosts(value: str) -> frozenset[str]:
-    """AIPROD_WEBHOOK_ALLOW_HOSTS: comma-separated hosts (development only)."""
+    """A comma-separated list of hosts (AIPROD_WEBHOOK_ALLOW_HOSTS and
+    AIPROD_IMAGE_ALLOW_HOSTS, development only) or of buckets (AIPROD_IMAGE_BUCKETS)."""
     return frozenset(h.strip().lower().strip("[]") for h in value.split(",") if h.strip())
 
 
