@@ -216,8 +216,9 @@ class _Learning:
     def observed(self, now_s: float, backends: Iterable[str]) -> dict[str, BackendStats]:
         while self.pending and self.pending[0][0] <= now_s:
             at_s, _, sample = heapq.heappop(self.pending)
-            self.store.add(sample.backend, bucket_of(EPOCH + dt.timedelta(seconds=at_s),
-                                                     self.bucket_s), 0, increments(sample))
+            at = EPOCH + dt.timedelta(seconds=at_s)
+            self.store.add(sample.backend, bucket_of(at, self.bucket_s), 0, increments(sample),
+                           at + dt.timedelta(seconds=self.window_s + self.bucket_s))
         names = bucket_names(EPOCH + dt.timedelta(seconds=now_s), self.bucket_s, self.window_s)
         return {name: BackendStats.from_counters(recent(b, self.min_samples, names))
                 for name, b in self.store.since(names[-1], backends).items()}

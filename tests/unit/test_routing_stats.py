@@ -20,6 +20,8 @@ from aiprod.domain.stats import (
 from aiprod.wiring.config import load_catalog
 
 CATALOG = load_catalog()
+LATER = dt.datetime(2026, 12, 3, tzinfo=dt.UTC)  # when test counters may expire
+H8, H9, H10, H11 = (f"20261201T{h:02d}0000" for h in (8, 9, 10, 11))
 
 
 def _stats(backend: str, ok: int, failed: int = 0, charged: int = 0,
@@ -67,9 +69,9 @@ def test_statistics_merge_over_shards_and_buckets_by_adding_counters() -> None:
                + [AttemptSample("b", True, quality=0.6, render_s=100.0)]
                + [AttemptSample("b", False, error_class="backend")])
     for i, sample in enumerate(samples):  # two hour buckets, three shards
-        store.add("b", H8 if i < 3 else H9, i % 3, increments(sample))
-    store.add("b", "20261201T070000", 0, increments(samples[0]))  # before the window
-    store.add("other", H9, 0, increments(samples[0]))
+        store.add("b", H8 if i < 3 else H9, i % 3, increments(sample), LATER)
+    store.add("b", "20261201T070000", 0, increments(samples[0]), LATER)  # before the window
+    store.add("other", H9, 0, increments(samples[0]), LATER)
     buckets = store.since(H8, ["b"])["b"]
     assert sorted(buckets) == [H8, H9]
     merged = BackendStats.from_counters(total(buckets))
@@ -78,9 +80,6 @@ def test_statistics_merge_over_shards_and_buckets_by_adding_counters() -> None:
     assert merged.mean_quality == 0.825  # (3 * 0.9 + 0.6) / 4
     assert merged.p50_s == 60.0
     assert merged.p95_s == 120.0
-
-
-H8, H9, H10, H11 = (f"20261201T{h:02d}0000" for h in (8, 9, 10, 11))
 
 
 def test_routing_judges_on_the_newest_buckets_that_hold_enough_samples() -> None:

@@ -11,6 +11,7 @@ and nothing is read before it is written. Reading a window is one query on the
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -21,14 +22,17 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from aiprod.domain.stats import add
 
 STATS = "backend_stats"
-_META = ("backend", "bucket", "shard")
+_META = ("backend", "bucket", "shard", "expires_at")
 
 
 class StatsStore(Protocol):
     """Where attempt counters accumulate: the seam MemoryStats stands behind in unit
     tests and in the replay bench (FirestoreStats below is the real one)."""
 
-    def add(self, backend: str, bucket: str, shard: int, counters: Mapping[str, float]) -> None:
+    def add(self, backend: str, bucket: str, shard: int, counters: Mapping[str, float],
+            expires_at: dt.datetime) -> None:
+        """Add `counters` into one shard of a bucket (`expires_at`: when the document
+        may go, its bucket having left every window; Firestore's TTL policy deletes it)."""
         ...
 
     def since(self, bucket: str, backends: Iterable[str],
@@ -44,7 +48,8 @@ class MemoryStats:
         self.docs: dict[tuple[str, str, int], dict[str, float]] = {}
         self._lock = threading.Lock()
 
-    def add(self, backend: str, bucket: str, shard: int, counters: Mapping[str, float]) -> None:
+    def add(self, backend: str, bucket: str, shard: int, counters: Mapping[str, float],
+            expires_at: dt.datetime) -> None:
         with self._lock:
             add(self.docs.setdefault((backend, bucket, shard), {}), counters)
 
@@ -62,10 +67,12 @@ class FirestoreStats:
     def __init__(self, client: firestore.Client) -> None:
         self._stats = client.collection(STATS)
 
-    def add(self, backend: str, bucket: str, shard: int, counters: Mapping[str, float]) -> None:
+    def add(self, backend: str, bucket: str, shard: int, counters: Mapping[str, float],
+            expires_at: dt.datetime) -> None:
         fields: dict[str, Any] = {name: firestore.Increment(value)
                                   for name, value in counters.items()}
-        fields |= {"backend": backend, "bucket": bucket, "shard": shard}
+        fields |= {"backend": backend, "bucket": bucket, "shard": shard,
+                   "expires_at": expires_at}
         self._stats.document(f"{backend}__{bucket}__{shard}").set(fields, merge=True)
 
     def since(self, bucket: str, backends: Iterable[str],

@@ -9,6 +9,7 @@ logged and never fails the render (the sample is lost, the job is not).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import threading
@@ -57,7 +58,9 @@ def attempt_ended(rt: Runtime, job: Job, index: int, quality: float | None = Non
     ended = job.attempts[index].ended_at or rt.clock()
     try:
         rt.stats.add(sample.backend, bucket_of(ended, rt.settings.stats_bucket_s),
-                     random.randrange(max(1, rt.settings.stats_shards)), increments(sample))
+                     random.randrange(max(1, rt.settings.stats_shards)), increments(sample),
+                     expires_at=ended + dt.timedelta(seconds=rt.settings.stats_window_s
+                                                     + rt.settings.stats_bucket_s))
     except Exception as error:  # advisory: never fail a finished render over a statistic
         log(logger, logging.WARNING, f"backend statistics not recorded: {error}",
             job_id=job.id, backend=sample.backend)
