@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # over (no hot document under a burst); how long a process reuses what it read.
     routing_min_samples: int = Field(default=20, ge=1)
     stats_window_s: float = Field(default=24 * 3600.0, gt=0)
-    stats_bucket_s: int = Field(default=3600, ge=60, le=86400)
+    stats_bucket_s: int = Field(default=3600, ge=5, le=86400)
     stats_shards: int = Field(default=4, ge=1)
     stats_cache_s: float = Field(default=30.0, ge=0)
 

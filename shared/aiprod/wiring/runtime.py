@@ -89,5 +89,6 @@ def _build_runtime() -> Runtime:
         ledger=FirestoreLedger(client),
         health=FirestoreHealth(client),
         access=FirestoreAccess(client),
+        stats=FirestoreStats(client),
         output_checks=threading.BoundedSemaphore(settings.output_checks_at_once),
     )
