@@ -297,10 +297,14 @@ class Replay:
                        if a.delivered and a.under_floor and not (b.delivered and b.under_floor)]
         ratio = (learned.summary()["spend_usd"] / hindsight_spend if hindsight_spend
                  else None)
+        def at_floor(result: Result) -> int:
+            return sum(1 for j in result.jobs if j.delivered and not j.under_floor)
+
         return {"spend_vs_hindsight": None if ratio is None else round(ratio, 4),
                 "under_floor_not_in_catalog": len(extra_under),
                 "succeeded_vs_catalog": (learned.summary()["succeeded"]
-                                         - catalog.summary()["succeeded"])}
+                                         - catalog.summary()["succeeded"]),
+                "at_floor_vs_catalog": at_floor(learned) - at_floor(catalog)}
 
 
 def replay(jobs: Sequence[TraceJob], profile: Mapping[str, BackendWorld], catalog: Catalog,

@@ -22,7 +22,7 @@ from aiprod.adapters.ledger import FirestoreLedger, Ledger
 from aiprod.adapters.metered import metered
 from aiprod.adapters.providers import make_provider
 from aiprod.adapters.providers.base import VideoProvider
-from aiprod.adapters.stats import MemoryStats, StatsStore
+from aiprod.adapters.stats import FirestoreStats, MemoryStats, StatsStore
 from aiprod.adapters.storage import OutputStore, output_store_for
 from aiprod.adapters.store import FirestoreJobStore, JobStore
 from aiprod.domain.catalog import Catalog

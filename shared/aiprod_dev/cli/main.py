@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from aiprod.wiring.config import load_catalog
+from aiprod_dev.cli.replay import replay_command
 from aiprod_dev.cli.slo import slo_command
 from aiprod_dev.cli.support import firestore_client, state_dir
 from aiprod_dev.localstack import control
@@ -208,7 +209,7 @@ def wait_for_job(api: str, job_id: str, timeout: float = 600.0) -> dict[str, Any
 @click.option("--audio/--no-audio", default=False)
 @click.option("--min-quality", type=click.FloatRange(0, 1))
 @click.option("--max-cost", "max_cost_usd", type=float)
-@click.option("--policy", type=click.Choice(["cheapest", "best_quality", "fixed"]))
+@click.option("--policy", type=click.Choice(["cheapest", "best_quality", "fixed", "fastest"]))
 @click.option("--wait", is_flag=True, help="Follow the job until it ends.")
 @click.option("--api", help="API base URL (default: the local stack's).")
 def submit(prompt: str | None, image_url: str | None, duration_seconds: int,
@@ -445,3 +446,4 @@ def budget(as_json: bool, api: str | None) -> None:
 
 # -- slo -----------------------------------------------------------------------------
 main.add_command(slo_command)
+main.add_command(replay_command)
