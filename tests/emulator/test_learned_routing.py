@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from aiprod.adapters.stats import FirestoreStats
 from aiprod.domain.stats import BackendStats, total
+from aiprod_dev.cli.main import main
 from tests.conftest import LocalStack, running_stack
 
 pytestmark = pytest.mark.emulator
@@ -90,6 +92,12 @@ def test_blank_clips_shift_routing_away_and_back_after_recovery(learning: LocalS
     assert observed["failures"]["output_check"] >= MIN_SAMPLES
     assert observed["charged_failures"] >= MIN_SAMPLES
     assert observed["successes"] == 0
+    shown = CliRunner().invoke(main, ["backends", "--api", learning.api],
+                               env={"AIPROD_API_KEY": learning.api_key, "COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    row = next(line for line in shown.output.splitlines() if CHEAP in line)
+    assert f"│ {observed['attempts']} " in row  # attempts
+    assert f"{observed['attempts']} ({observed['charged_failures']})" in row
 
     # It recovers. With no attempt on it for a bucket, its figures are stale and the
     # catalog's stand again: it is tried, and stays first on what it now renders.

@@ -250,15 +250,30 @@ def status(job_id: str, as_json: bool, api: str | None) -> None:
 @main.command()
 @click.option("--api", help="API base URL (default: the local stack's).")
 def backends(api: str | None) -> None:
-    """The catalog: price, quality and capabilities of each backend."""
+    """The catalog (price, quality, latency, capabilities) beside what each backend's
+    finished attempts showed over the statistics window."""
     base = _api_url(api)
     data = _check(httpx.get(f"{base}/v1/backends", headers=_headers(base), timeout=30))
-    table = Table(title="backends")
-    for column in ("name", "model", "USD/s", "quality", "modes"):
+    window = data.get("statistics", {})
+    table = Table(title=f"backends (observed over {window.get('window_s', 0) / 3600:g} h; "
+                        f"routing uses them from {window.get('min_samples')} samples)")
+    for column in ("name", "model", "USD/s", "quality", "observed quality", "typical s",
+                   "p50 s", "p95 s", "attempts", "success", "failures (charged)", "modes"):
         table.add_column(column)
+
+    def shown(value: object) -> str:
+        return "-" if value is None else str(value)
+
     for b in data["backends"]:
+        seen = b.get("observed", {})
+        failures = sum(seen.get("failures", {}).values())
         table.add_row(b["name"], b["model"], str(b["price"]["usd_per_second"]),
-                      str(b["quality"]), ", ".join(b["capabilities"]))
+                      str(b["quality"]), shown(seen.get("mean_quality")),
+                      str(b["typical_latency_s"]), shown(seen.get("p50_s")),
+                      shown(seen.get("p95_s")), str(seen.get("attempts", 0)),
+                      shown(seen.get("success_rate")),
+                      f"{failures} ({seen.get('charged_failures', 0)})",
+                      ", ".join(b["capabilities"]))
     console.print(table)
 
 
