@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -112,3 +113,16 @@ def test_blank_clips_shift_routing_away_and_back_after_recovery(learning: LocalS
     first = _quote(learning)["plan"][0]
     assert first["backend"] == CHEAP
     assert first["success_rate"] == 1.0
+
+    # `aiprod report` over the same job records: the billed blank clips are the gap
+    # between what was spent and what the hindsight route would have cost.
+    out = CliRunner().invoke(main, ["report", "--json", "--project", learning.state["project"]],
+                             env={"FIRESTORE_EMULATOR_HOST":
+                                  learning.state["env"]["FIRESTORE_EMULATOR_HOST"]})
+    assert out.exit_code == 0, out.output
+    spent = json.loads(out.output)
+    row = spent["backends"][CHEAP]
+    assert row["charged_failures"] == MIN_SAMPLES
+    assert row["succeeded"] == MIN_SAMPLES
+    total = spent["total"]
+    assert total["spend_usd"] - total["hindsight_usd"] == pytest.approx(0.32 * MIN_SAMPLES)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from aiprod.wiring.config import load_catalog
 from aiprod_dev.cli.replay import replay_command
+from aiprod_dev.cli.report import report_command
 from aiprod_dev.cli.slo import slo_command
 from aiprod_dev.cli.support import firestore_client, state_dir
 from aiprod_dev.localstack import control
@@ -462,3 +463,4 @@ def budget(as_json: bool, api: str | None) -> None:
 # -- slo -----------------------------------------------------------------------------
 main.add_command(slo_command)
 main.add_command(replay_command)
+main.add_command(report_command)
