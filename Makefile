@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: demo test lint unit emulator bench dev-up dev-down clean package tools install openapi
+.PHONY: demo test lint unit emulator bench bench-routing dev-up dev-down clean package tools install openapi
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ $(TOOLS_STAMP): tools/checkov-requirements.txt
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+## make bench-routing: routing policies against the hindsight optimum on bench/routing's traces
+bench-routing: $(STAMP)
+	$(BIN)/python bench/routing/run.py
 
 dev-up: $(STAMP)
 	$(BIN)/aiprod dev up

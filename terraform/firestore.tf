@@ -28,6 +28,7 @@ locals {
     idempotency_keys = "expires_at" # Idempotency-Key records (24 h)
     rate_limits      = "expires_at" # per-key, per-minute request counters
     reservations     = "expires_at" # budget holds, 8 days after they were taken
+    backend_stats    = "expires_at" # attempt counters, once their bucket left the window
   }
 }
 

@@ -117,7 +117,7 @@ requests = st.builds(
     duration_seconds=st.integers(1, 25), aspect_ratio=st.sampled_from(RATIOS),
     audio=st.booleans(), min_quality=st.floats(0, 1),
     max_cost_usd=st.one_of(st.none(), st.floats(0.05, 20)),
-    policy=st.sampled_from(["cheapest", "best_quality", "fixed"]))
+    policy=st.sampled_from(["cheapest", "best_quality", "fixed", "fastest"]))
 
 
 @settings(max_examples=400, deadline=None)
@@ -154,6 +154,9 @@ def test_a_plan_never_breaks_a_constraint_and_follows_the_policy(
         assert costs == sorted(costs)
     elif request.policy == "best_quality":
         assert qualities == sorted(qualities, reverse=True)
+    elif request.policy == "fastest":
+        latencies = [q.p95_s for q in result.quotes]
+        assert latencies == sorted(latencies)  # type: ignore[type-var]
     else:
         order = [catalog.names.index(name) for name in result.backends]
         assert order == sorted(order)

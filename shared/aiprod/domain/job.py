@@ -42,6 +42,7 @@ class Policy(StrEnum):
     CHEAPEST = "cheapest"
     BEST_QUALITY = "best_quality"
     FIXED = "fixed"
+    FASTEST = "fastest"  # lowest observed p95 render time (until observed: typical latency)
 
 
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]

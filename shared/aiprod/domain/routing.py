@@ -1,14 +1,28 @@
-"""Choose the ordered fallback chain of backends for a job. Pure and deterministic."""
+"""Choose the ordered fallback chain of backends for a job. Pure and deterministic.
+
+Capable backends are quoted, then pass through a table of named filter stages
+(`STAGES`: quality, health, the job's ceiling, the budget), each of which records
+why it left a backend out; the survivors are ordered by the job's policy. Observed
+statistics (aiprod.domain.stats) are an input: with enough samples, a backend's
+quality is what its outputs scored, its cost is the expected cost of a successful
+render, and its speed is its observed p95 render time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from aiprod.domain.catalog import Backend, Catalog
 from aiprod.domain.job import JobRequest, Policy
 from aiprod.domain.pricing import estimate_usd
+from aiprod.domain.stats import BackendStats, expected_cost_usd
+
+# Samples a backend needs before its observations replace the catalog's figures
+# (AIPROD_ROUTING_MIN_SAMPLES).
+DEFAULT_MIN_SAMPLES = 20
 
 
 class RejectionReason(StrEnum):
@@ -22,16 +36,44 @@ class RejectionReason(StrEnum):
 
 @dataclass(frozen=True)
 class Quote:
+    """One backend's figures for one request: what the plan was ranked by."""
+
     backend: str
-    estimated_cost_usd: float
-    quality: float
+    estimated_cost_usd: float   # list price of this request: what a hold reserves
+    quality: float              # effective quality: observed when `quality_source` says so
+    # Expected cost of a successful render (list price when nothing is observed yet).
+    expected_cost_usd: float | None = None
+    p95_s: float | None = None  # observed p95 render time, else the catalog's typical latency
+    success_rate: float | None = None  # observed; None: not enough samples
+    quality_source: str = "catalog"    # "observed" once the backend has enough scored outputs
+    latency_source: str = "catalog"
+    catalog_quality: float | None = None
+    samples: int = 0                   # attempts observed in the statistics window
+
+    @property
+    def rank_cost_usd(self) -> float:
+        return self.estimated_cost_usd if self.expected_cost_usd is None else (
+            self.expected_cost_usd)
+
+    def figures(self) -> dict[str, object]:
+        """What `/v1/quote` shows for this backend."""
+        expected = self.rank_cost_usd
+        return {"backend": self.backend, "estimated_cost_usd": self.estimated_cost_usd,
+                "expected_cost_usd": None if math.isinf(expected) else round(expected, 6),
+                "quality": self.quality, "quality_source": self.quality_source,
+                "catalog_quality": self.catalog_quality, "success_rate": self.success_rate,
+                "p95_s": self.p95_s, "latency_source": self.latency_source,
+                "samples": self.samples}
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Backends in the order they will be tried, each with its estimate."""
+    """Backends in the order they will be tried, each with its figures, and why each
+    other backend was left out."""
 
     quotes: tuple[Quote, ...]
+    problems: Mapping[str, str] = field(default_factory=dict)  # backend -> why it was left out
+    stages: Mapping[str, str] = field(default_factory=dict)    # backend -> stage that did it
 
     @property
     def backends(self) -> list[str]:
@@ -50,6 +92,7 @@ class Rejection:
     cheapest: Quote | None = None  # the cheapest option that would fit without that limit
     problems: Mapping[str, str] = field(default_factory=dict)  # backend -> why it was dropped
     limit_bytes: int | None = None  # IMAGE_TOO_LARGE: the largest upload a fitting backend takes
+    stages: Mapping[str, str] = field(default_factory=dict)  # backend -> stage that dropped it
 
 
 def capability_problem(backend: Backend, request: JobRequest) -> str | None:
@@ -103,13 +146,123 @@ def data_uri_bytes(url: str | None) -> int | None:
     return len(payload) * 3 // 4
 
 
+def quote_for(backend: Backend, request: JobRequest, observed: BackendStats | None,
+              min_samples: int) -> Quote:
+    """The backend's figures for this request: the catalog's, replaced one by one by
+    observations once each has `min_samples` samples."""
+    price = estimate_usd(backend, request.duration_seconds, request.audio)
+    stats = observed or BackendStats()
+    quality, quality_source = backend.quality, "catalog"
+    if stats.quality_n >= min_samples and stats.mean_quality is not None:
+        quality, quality_source = stats.mean_quality, "observed"
+    expected, success = price, None
+    if stats.judged >= min_samples and stats.success_rate is not None:
+        success = round(stats.success_rate, 4)
+        expected = expected_cost_usd(price, stats.success_rate, stats.charged_share or 0.0)
+        expected = expected if math.isinf(expected) else round(expected, 6)
+    p95, latency_source = float(backend.typical_latency_s), "catalog"
+    if sum(stats.latency.values()) >= min_samples and stats.p95_s is not None:
+        p95, latency_source = stats.p95_s, "observed"
+    return Quote(backend.name, price, quality, expected_cost_usd=expected, p95_s=p95,
+                 success_rate=success, quality_source=quality_source,
+                 latency_source=latency_source, catalog_quality=backend.quality,
+                 samples=stats.attempts)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the filter stages judge a quote against."""
+
+    request: JobRequest
+    healthy: Mapping[str, bool]
+    budget_left_usd: float | None
+    catalog_order: Mapping[str, int]
+
+    def cheapest(self, quotes: list[Quote]) -> Quote:
+        return min(quotes, key=lambda q: (q.estimated_cost_usd, self.catalog_order[q.backend]))
+
+
+def _quality_problem(q: Quote, ctx: Context) -> str | None:
+    floor = ctx.request.min_quality
+    if q.quality >= floor:
+        return None
+    if q.quality_source == "observed":
+        return (f"observed quality {q.quality} is below min_quality {floor} "
+                f"(catalog: {q.catalog_quality})")
+    return f"quality {q.quality} is below min_quality {floor}"
+
+
+def _quality_rejection(left: list[Quote], ctx: Context) -> tuple[str, Quote | None]:
+    best = max(q.quality for q in left)
+    return (f"no backend that can render this request reaches min_quality "
+            f"{ctx.request.min_quality}; the best reaches {best}", ctx.cheapest(left))
+
+
+def _health_problem(q: Quote, ctx: Context) -> str | None:
+    return None if ctx.healthy.get(q.backend, True) else "circuit open"
+
+
+def _health_rejection(left: list[Quote], ctx: Context) -> tuple[str, Quote | None]:
+    return ("every backend that fits this request is failing right now; retry in a few "
+            "minutes", ctx.cheapest(left))
+
+
+def _ceiling_problem(q: Quote, ctx: Context) -> str | None:
+    ceiling = ctx.request.max_cost_usd
+    if ceiling is None or q.estimated_cost_usd <= ceiling:
+        return None
+    return f"costs {q.estimated_cost_usd} USD, over max_cost_usd {ceiling}"
+
+
+def _ceiling_rejection(left: list[Quote], ctx: Context) -> tuple[str, Quote | None]:
+    low = ctx.cheapest(left)
+    return (f"the cheapest fitting backend, {low.backend}, costs {low.estimated_cost_usd} "
+            f"USD, over max_cost_usd {ctx.request.max_cost_usd}", low)
+
+
+def _budget_problem(q: Quote, ctx: Context) -> str | None:
+    left = ctx.budget_left_usd
+    if left is None or q.estimated_cost_usd <= left:
+        return None
+    return f"costs {q.estimated_cost_usd} USD, more than the {left} USD left in today's budget"
+
+
+def _budget_rejection(left: list[Quote], ctx: Context) -> tuple[str, Quote | None]:
+    low = ctx.cheapest(left)
+    return (f"today's budget has {ctx.budget_left_usd} USD left; the cheapest fitting "
+            f"backend, {low.backend}, costs {low.estimated_cost_usd} USD", low)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One filter: why it leaves a backend out (None: it stays), and the rejection
+    when it leaves none (its detail and the cheapest quote that got that far)."""
+
+    name: str
+    reason: RejectionReason
+    problem: Callable[[Quote, Context], str | None]
+    rejection: Callable[[list[Quote], Context], tuple[str, Quote | None]]
+
+
+# In order; a new filter is one entry here.
+STAGES: tuple[Stage, ...] = (
+    Stage("quality", RejectionReason.QUALITY, _quality_problem, _quality_rejection),
+    Stage("health", RejectionReason.UNHEALTHY, _health_problem, _health_rejection),
+    Stage("ceiling", RejectionReason.OVER_JOB_CEILING, _ceiling_problem, _ceiling_rejection),
+    Stage("budget", RejectionReason.BUDGET_EXHAUSTED, _budget_problem, _budget_rejection),
+)
+
+
 def _order(quotes: list[Quote], policy: Policy, catalog_order: Mapping[str, int]) -> list[Quote]:
     if policy is Policy.CHEAPEST:
-        return sorted(quotes, key=lambda q: (q.estimated_cost_usd, -q.quality,
+        return sorted(quotes, key=lambda q: (q.rank_cost_usd, q.estimated_cost_usd, -q.quality,
                                              catalog_order[q.backend]))
     if policy is Policy.BEST_QUALITY:
-        return sorted(quotes, key=lambda q: (-q.quality, q.estimated_cost_usd,
+        return sorted(quotes, key=lambda q: (-q.quality, q.rank_cost_usd,
                                              catalog_order[q.backend]))
+    if policy is Policy.FASTEST:
+        return sorted(quotes, key=lambda q: (math.inf if q.p95_s is None else q.p95_s,
+                                             q.rank_cost_usd, catalog_order[q.backend]))
     return sorted(quotes, key=lambda q: catalog_order[q.backend])
 
 
@@ -118,81 +271,52 @@ def plan(
     catalog: Catalog,
     healthy: Mapping[str, bool] | None = None,
     budget_left_usd: float | None = None,
+    observed: Mapping[str, BackendStats] | None = None,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
 ) -> Plan | Rejection:
     """The fallback chain for `request`, or exactly why there is none.
 
     `healthy` maps backend names to False when their circuit is open (missing
     means healthy). `budget_left_usd` is what today's budget can still commit
-    (None: no budget check).
+    (None: no budget check). `observed` holds each backend's statistics over the
+    window (missing: none yet); each figure counts once it has `min_samples`.
     """
-    healthy = healthy or {}
-    catalog_order = {b.name: i for i, b in enumerate(catalog.backends)}
+    observed = observed or {}
+    ctx = Context(request, healthy or {}, budget_left_usd,
+                  {b.name: i for i, b in enumerate(catalog.backends)})
     problems: dict[str, str] = {}
+    stages: dict[str, str] = {}
 
-    capable: list[Quote] = []
+    survivors: list[Quote] = []
     for backend in catalog.backends:
         problem = capability_problem(backend, request)
         if problem:
             problems[backend.name] = problem
+            stages[backend.name] = "capability"
             continue
-        capable.append(Quote(backend.name,
-                             estimate_usd(backend, request.duration_seconds, request.audio),
-                             backend.quality))
-    if not capable:
+        survivors.append(quote_for(backend, request, observed.get(backend.name), min_samples))
+    if not survivors:
         too_large = _too_large(request, catalog, problems)
         if too_large is not None:
-            return too_large
+            return replace(too_large, stages=stages)
         return Rejection(RejectionReason.UNSUPPORTED,
                          "no backend can render this request: " + "; ".join(
                              f"{name} {why}" for name, why in problems.items()),
-                         problems=problems)
+                         problems=problems, stages=stages)
 
-    def cheapest(quotes: list[Quote]) -> Quote:
-        return min(quotes, key=lambda q: (q.estimated_cost_usd, catalog_order[q.backend]))
+    for stage in STAGES:
+        kept = []
+        for q in survivors:
+            problem = stage.problem(q, ctx)
+            if problem is None:
+                kept.append(q)
+            else:
+                problems[q.backend] = problem
+                stages[q.backend] = stage.name
+        if not kept:
+            detail, cheapest = stage.rejection(survivors, ctx)
+            return Rejection(stage.reason, detail, cheapest=cheapest, problems=problems,
+                             stages=stages)
+        survivors = kept
 
-    good = [q for q in capable if q.quality >= request.min_quality]
-    for q in capable:
-        if q not in good:
-            problems[q.backend] = f"quality {q.quality} is below min_quality {request.min_quality}"
-    if not good:
-        best = max(q.quality for q in capable)
-        return Rejection(RejectionReason.QUALITY,
-                         f"no backend that can render this request reaches min_quality "
-                         f"{request.min_quality}; the best reaches {best}",
-                         cheapest=cheapest(capable), problems=problems)
-
-    up = [q for q in good if healthy.get(q.backend, True)]
-    for q in good:
-        if q not in up:
-            problems[q.backend] = "circuit open"
-    if not up:
-        return Rejection(RejectionReason.UNHEALTHY,
-                         "every backend that fits this request is failing right now; "
-                         "retry in a few minutes", cheapest=cheapest(good), problems=problems)
-
-    ceiling = request.max_cost_usd
-    affordable = [q for q in up if ceiling is None or q.estimated_cost_usd <= ceiling]
-    for q in up:
-        if q not in affordable:
-            problems[q.backend] = f"costs {q.estimated_cost_usd} USD, over max_cost_usd {ceiling}"
-    if not affordable:
-        low = cheapest(up)
-        return Rejection(RejectionReason.OVER_JOB_CEILING,
-                         f"the cheapest fitting backend, {low.backend}, costs "
-                         f"{low.estimated_cost_usd} USD, over max_cost_usd {ceiling}",
-                         cheapest=low, problems=problems)
-
-    fundable = [q for q in affordable
-                if budget_left_usd is None or q.estimated_cost_usd <= budget_left_usd]
-    for q in affordable:
-        if q not in fundable:
-            problems[q.backend] = (f"costs {q.estimated_cost_usd} USD, more than the "
-                                   f"{budget_left_usd} USD left in today's budget")
-    if not fundable:
-        low = cheapest(affordable)
-        return Rejection(RejectionReason.BUDGET_EXHAUSTED,
-                         f"today's budget has {budget_left_usd} USD left; the cheapest fitting "
-                         f"backend, {low.backend}, costs {low.estimated_cost_usd} USD",
-                         cheapest=low, problems=problems)
-
-    return Plan(tuple(_order(fundable, request.policy, catalog_order)))
+    return Plan(tuple(_order(survivors, request.policy, ctx.catalog_order)), problems, stages)

@@ -28,8 +28,9 @@ from aiprod.domain.apikeys import Principal
 from aiprod.domain.health import healthy
 from aiprod.domain.job import MAX_IMAGE_URL_CHARS, Job, JobRequest
 from aiprod.domain.problems import PROBLEM_CONTENT_TYPE, Problem, invalid_request, malformed_json
+from aiprod.domain.stats import BackendStats
 from aiprod.domain.views import public_job
-from aiprod.services import access, admission, budget
+from aiprod.services import access, admission, budget, stats
 from aiprod.services import cancel as cancellation
 from aiprod.wiring.runtime import Runtime
 
@@ -174,8 +175,13 @@ def _rejection_problem(rt: Runtime, rejection: routing.Rejection, request: JobRe
 
 
 def _plan_body(plan: routing.Plan) -> list[dict[str, Any]]:
-    return [{"backend": q.backend, "estimated_cost_usd": q.estimated_cost_usd,
-             "quality": q.quality} for q in plan.quotes]
+    """Each backend with the figures it was ranked by (observed or catalog)."""
+    return [q.figures() for q in plan.quotes]
+
+
+def _left_out(plan: routing.Plan) -> list[dict[str, Any]]:
+    return [{"backend": name, "stage": plan.stages.get(name), "why": why}
+            for name, why in plan.problems.items()]
 
 
 def create_job(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
@@ -255,7 +261,7 @@ def get_quote(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
     decision = admission.quote(rt, job_request, principal.owner)
     if isinstance(decision, routing.Rejection):
         raise _rejection_problem(rt, decision, job_request, principal)
-    return _json({"plan": _plan_body(decision),
+    return _json({"plan": _plan_body(decision), "left_out": _left_out(decision),
                   "estimated_cost_usd": decision.estimated_cost_usd})
 
 
@@ -271,11 +277,16 @@ def list_backends(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
     cooldown = dt.timedelta(seconds=rt.settings.circuit_cooldown_s)
     states = rt.health.all(rt.catalog.names)
     now = rt.clock()
-    return _json({"backends": [
+    seen = stats.window(rt)
+    return _json({"statistics": {"window_s": rt.settings.stats_window_s,
+                                 "bucket_s": rt.settings.stats_bucket_s,
+                                 "min_samples": rt.settings.routing_min_samples},
+                  "backends": [
         {"name": b.name, "provider": b.provider, "model": b.model, "quality": b.quality,
          "health": states[b.name].public(cooldown)
          | {"routable": healthy(states[b.name], now, cooldown)},
          "typical_latency_s": b.typical_latency_s,
+         "observed": seen.get(b.name, BackendStats()).public(),
          "price": b.price.model_dump(exclude_none=True),
          "capabilities": {mode.value: cap.model_dump(mode="json", exclude_none=True)
                           for mode, cap in b.capabilities.items()}}

@@ -124,13 +124,32 @@ class ProblemView(BaseModel):
 
 
 class QuoteItem(_View):
+    """One backend of the plan with the figures it was ranked by."""
+
     backend: str
-    estimated_cost_usd: float
-    quality: float
+    estimated_cost_usd: float = Field(description="list price of this request (the hold)")
+    expected_cost_usd: float | None = Field(
+        description="expected cost of a successful render, from the observed success rate "
+                    "and billed failures; null when nothing succeeds")
+    quality: float = Field(description="effective quality: observed once there are enough "
+                                       "samples, else the catalog's")
+    quality_source: Literal["catalog", "observed"]
+    catalog_quality: float | None
+    success_rate: float | None = Field(description="observed; null below the minimum samples")
+    p95_s: float | None = Field(description="observed p95 render time, else typical latency")
+    latency_source: Literal["catalog", "observed"]
+    samples: int = Field(description="attempts observed in the statistics window")
+
+
+class LeftOutView(_View):
+    backend: str
+    stage: str | None = Field(description="capability, quality, health, ceiling or budget")
+    why: str
 
 
 class QuoteView(_View):
     plan: list[QuoteItem]
+    left_out: list[LeftOutView] = Field(description="backends not in the plan, and why")
     estimated_cost_usd: float
 
 
@@ -142,6 +161,20 @@ class HealthView(_View):
     routable: bool
 
 
+class ObservedView(_View):
+    """A backend's finished attempts over the statistics window."""
+
+    attempts: int
+    successes: int
+    failures: dict[str, int] = Field(description="by error class")
+    charged_failures: int
+    success_rate: float | None
+    mean_quality: float | None = Field(description="mean output-check score")
+    quality_samples: int
+    p50_s: float | None = Field(description="render time of successes, histogram bound")
+    p95_s: float | None
+
+
 class BackendView(BaseModel):
     name: str
     provider: str
@@ -149,11 +182,19 @@ class BackendView(BaseModel):
     quality: float
     health: HealthView
     typical_latency_s: int
+    observed: ObservedView
     price: dict[str, Any]
     capabilities: dict[str, Any]
 
 
+class StatisticsView(_View):
+    window_s: float
+    bucket_s: int
+    min_samples: int = Field(description="samples before observations replace the catalog")
+
+
 class BackendsView(_View):
+    statistics: StatisticsView
     backends: list[BackendView]
 
 

@@ -15,7 +15,7 @@ from aiprod.domain import routing
 from aiprod.domain.events import EventType
 from aiprod.domain.job import InputImage, Job, JobRequest, JobStatus, staged_key
 from aiprod.observability.logs import log
-from aiprod.services import budget, telemetry
+from aiprod.services import budget, stats, telemetry
 from aiprod.services.publishing import dispatch, emit
 from aiprod.wiring.runtime import Runtime
 
@@ -49,7 +49,8 @@ def quote(rt: Runtime, request: JobRequest,
     own = budget.key_today(rt, owner) if owner else None
     if own is not None:
         left_micros = min(left_micros, own.left_micros)
-    return routing.plan(request, rt.catalog, healthy, budget_policy.to_usd(left_micros))
+    return routing.plan(request, rt.catalog, healthy, budget_policy.to_usd(left_micros),
+                        stats.observed(rt), rt.settings.routing_min_samples)
 
 
 def url_problem(rt: Runtime, request: JobRequest) -> tuple[str, str] | None:
@@ -88,6 +89,7 @@ def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
         return Admitted(existing, created=False)
 
     decision = quote(rt, request, owner)
+    stats.note_quality_changes(rt, decision, job_id)
     if isinstance(decision, routing.Rejection):
         log(logger, logging.INFO, f"job rejected: {decision.detail}", job_id=job_id,
             reason=decision.reason.value, owner=owner, correlation_id=correlation_id)

@@ -39,7 +39,7 @@ from aiprod.domain.job import (
 )
 from aiprod.domain.lifecycle import ClaimKind
 from aiprod.observability.logs import log
-from aiprod.services import budget, gate, telemetry
+from aiprod.services import budget, gate, stats, telemetry
 from aiprod.services.cancel import stop_task
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import dispatch, emit, emit_terminal
@@ -406,7 +406,8 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
             failure = AttemptError(error_class=ErrorClass.OUTPUT_CHECK, code="output_check_failed",
                                    message="the output " + "; ".join(verdict.problems))
             gate.strike(rt, backend.name, failure)
-            _fail(rt, message.job_id, message.attempt, failure, cost_usd=cost)
+            _fail(rt, message.job_id, message.attempt, failure, cost_usd=cost,
+                  quality=verdict.score)
             return
         digest = hashlib.sha256()
         with path.open("rb") as data:
@@ -425,15 +426,16 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
         log(logger, logging.INFO, "job succeeded", job_id=job.id, backend=backend.name,
             cost_usd=cost, output_uri=uri)
         telemetry.ended(job)
+        stats.attempt_ended(rt, job, message.attempt, verdict.score)
         budget.close(rt, job, message.attempt)
         gate.rendered(rt, backend.name)
         emit_terminal(rt, job)
 
 
 def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError,
-          skipped: bool = False, cost_usd: float = 0.0) -> None:
+          skipped: bool = False, cost_usd: float = 0.0, quality: float | None = None) -> None:
     """End the attempt; `cost_usd` is what the provider charged anyway (a render
-    that failed our check was still rendered)."""
+    that failed our check was still rendered), `quality` what the check scored it."""
     status = AttemptStatus.SKIPPED if skipped else AttemptStatus.FAILED
     done = rt.store.mutate(job_id, lambda j: lifecycle.fail_attempt(
         j, index, error, rt.clock(), rt.settings.fallback_on_refusal, status, cost_usd))
@@ -446,6 +448,7 @@ def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError,
         job_id=job_id, backend=job.attempts[index].backend, attempt=index,
         error_message=error.message, next_backend=outcome.next_backend)
     telemetry.attempt_failed(job, index, outcome.next_backend)
+    stats.attempt_ended(rt, job, index, quality)
     emit(rt, job, EventType.ATTEMPT_FAILED, attempt=index)
     follow_up(rt, job, index)
 

@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     # before handing the message back for Pub/Sub to redeliver).
     backend_busy_wait_s: float = 30.0
 
+    # Routing on observed statistics (aiprod.domain.stats): samples a backend needs
+    # before its observed quality, success rate or p95 replace the catalog's figures;
+    # the window they are counted over, in buckets of stats_bucket_s (routing reads the
+    # newest buckets that hold min_samples); documents each bucket's counters spread
+    # over (no hot document under a burst); how long a process reuses what it read.
+    routing_min_samples: int = Field(default=20, ge=1)
+    stats_window_s: float = Field(default=24 * 3600.0, gt=0)
+    stats_bucket_s: int = Field(default=3600, ge=5, le=86400)
+    stats_shards: int = Field(default=4, ge=1)
+    stats_cache_s: float = Field(default=30.0, ge=0)
+
     # Outputs: a local folder, or gs://bucket/prefix in production.
     output_uri: str = "file://./out/store"
 

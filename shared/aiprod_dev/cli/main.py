@@ -19,6 +19,8 @@ from rich.table import Table
 
 from aiprod.domain.job import TERMINAL_JOB_STATUSES
 from aiprod.wiring.config import load_catalog
+from aiprod_dev.cli.replay import replay_command
+from aiprod_dev.cli.report import report_command
 from aiprod_dev.cli.slo import slo_command
 from aiprod_dev.cli.support import firestore_client, state_dir
 from aiprod_dev.localstack import control
@@ -208,7 +210,7 @@ def wait_for_job(api: str, job_id: str, timeout: float = 600.0) -> dict[str, Any
 @click.option("--audio/--no-audio", default=False)
 @click.option("--min-quality", type=click.FloatRange(0, 1))
 @click.option("--max-cost", "max_cost_usd", type=float)
-@click.option("--policy", type=click.Choice(["cheapest", "best_quality", "fixed"]))
+@click.option("--policy", type=click.Choice(["cheapest", "best_quality", "fixed", "fastest"]))
 @click.option("--wait", is_flag=True, help="Follow the job until it ends.")
 @click.option("--api", help="API base URL (default: the local stack's).")
 def submit(prompt: str | None, image_url: str | None, duration_seconds: int,
@@ -249,15 +251,30 @@ def status(job_id: str, as_json: bool, api: str | None) -> None:
 @main.command()
 @click.option("--api", help="API base URL (default: the local stack's).")
 def backends(api: str | None) -> None:
-    """The catalog: price, quality and capabilities of each backend."""
+    """The catalog (price, quality, latency, capabilities) beside what each backend's
+    finished attempts showed over the statistics window."""
     base = _api_url(api)
     data = _check(httpx.get(f"{base}/v1/backends", headers=_headers(base), timeout=30))
-    table = Table(title="backends")
-    for column in ("name", "model", "USD/s", "quality", "modes"):
+    window = data.get("statistics", {})
+    table = Table(title=f"backends (observed over {window.get('window_s', 0) / 3600:g} h; "
+                        f"routing uses them from {window.get('min_samples')} samples)")
+    for column in ("name", "model", "USD/s", "quality", "observed quality", "typical s",
+                   "p50 s", "p95 s", "attempts", "success", "failures (charged)", "modes"):
         table.add_column(column)
+
+    def shown(value: object) -> str:
+        return "-" if value is None else str(value)
+
     for b in data["backends"]:
+        seen = b.get("observed", {})
+        failures = sum(seen.get("failures", {}).values())
         table.add_row(b["name"], b["model"], str(b["price"]["usd_per_second"]),
-                      str(b["quality"]), ", ".join(b["capabilities"]))
+                      str(b["quality"]), shown(seen.get("mean_quality")),
+                      str(b["typical_latency_s"]), shown(seen.get("p50_s")),
+                      shown(seen.get("p95_s")), str(seen.get("attempts", 0)),
+                      shown(seen.get("success_rate")),
+                      f"{failures} ({seen.get('charged_failures', 0)})",
+                      ", ".join(b["capabilities"]))
     console.print(table)
 
 
@@ -445,3 +462,5 @@ def budget(as_json: bool, api: str | None) -> None:
 
 # -- slo -----------------------------------------------------------------------------
 main.add_command(slo_command)
+main.add_command(replay_command)
+main.add_command(report_command)
