@@ -87,6 +87,8 @@ class JobView(_View):
     plan: list[str] = Field(description="backends in the order they are tried")
     estimated_cost_usd: float
     cost_usd: float
+    reused_from: str | None = Field(description="the job whose output served this one "
+                                                "(reuse: cached), at no cost")
     attempts: list[AttemptView]
     output: OutputView | None
     quality_score: float | None

@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 
 from aiprod.adapters.ledger import GLOBAL, Scope
-from aiprod.domain import budget
+from aiprod.domain import budget, lifecycle
 from aiprod.domain.apikeys import key_of_owner
 from aiprod.domain.budget import DayFigures, Threshold
-from aiprod.domain.job import Attempt, AttemptStatus, Job
+from aiprod.domain.job import Attempt, AttemptStatus, Funding, Job
 from aiprod.observability.logs import log
 from aiprod.services import telemetry
 from aiprod.wiring.runtime import Runtime
@@ -33,11 +33,43 @@ def key_scope(rt: Runtime, owner: str) -> Scope | None:
 
 def scopes_for(rt: Runtime, job: Job) -> list[Scope]:
     """Every limit a job's money counts against: the day's, and its API key's."""
+    return owner_scopes(rt, job.owner)
+
+
+def owner_scopes(rt: Runtime, owner: str) -> list[Scope]:
     scopes = [global_scope(rt)]
-    own = key_scope(rt, job.owner)
+    own = key_scope(rt, owner)
     if own is not None:
         scopes.append(own)
     return scopes
+
+
+def fund(rt: Runtime, job_id: str, owner: str, amount_usd: float, attempt: int) -> Funding | None:
+    """Hold a job's first attempt's money at admission, against every scope, or nothing.
+
+    One hold id per (job, try): a retried admission of the same job meets its own hold
+    (the ledger answers yes again while it is held), and a try at another amount never
+    reuses a refused hold of a different size."""
+    day = budget.ledger_day(rt.clock())
+    funding = Funding(day=day, reservation_id=f"{job_id}-funding-{attempt}",
+                      amount_usd=amount_usd)
+    if not rt.ledger.reserve(day, funding.reservation_id, budget.to_micros(amount_usd),
+                             owner_scopes(rt, owner), job_id=job_id):
+        return None
+    check_thresholds(rt, day)
+    return funding
+
+
+def release_funding(rt: Runtime, job: Job) -> bool:
+    """Give back admission's hold of a job that ended before its first attempt took it
+    (cancelled while queued, dead-lettered, ended by the watchdog). Idempotent."""
+    if not job.status.terminal or job.funding is None or not lifecycle.funding_unused(job):
+        return False
+    if rt.ledger.release(job.funding.day, job.funding.reservation_id):
+        log(logger, logging.INFO, "budget released: the job ended before rendering",
+            job_id=job.id, released_usd=job.funding.amount_usd)
+        return True
+    return False
 
 
 def reservation_id(job: Job, index: int) -> str:
@@ -88,9 +120,10 @@ def close(rt: Runtime, job: Job, index: int) -> bool:
 
 
 def release_unsent(rt: Runtime, job: Job, index: int) -> None:
-    """Give back a hold whose attempt never called the provider."""
+    """Give back a hold whose attempt never called the provider. Admission's hold stays:
+    the redelivery that claims the attempt again uses it."""
     day = job.attempts[index].reservation_day
-    if day is not None:
+    if day is not None and not lifecycle.uses_funding(job, index):
         rt.ledger.release(day, reservation_id(job, index))
 
 

@@ -22,6 +22,7 @@ from aiprod.adapters.ledger import FirestoreLedger, Ledger
 from aiprod.adapters.metered import metered
 from aiprod.adapters.providers import make_provider
 from aiprod.adapters.providers.base import VideoProvider
+from aiprod.adapters.reuse import FirestoreReuseIndex, ReuseIndex
 from aiprod.adapters.storage import OutputStore, output_store_for
 from aiprod.adapters.store import FirestoreJobStore, JobStore
 from aiprod.domain.catalog import Catalog
@@ -42,6 +43,7 @@ class Runtime:
     ledger: Ledger
     health: HealthStore
     access: AccessStore  # API keys, request counters, Idempotency-Key records
+    reuse: ReuseIndex  # which job renders each identical request (reuse "cached")
     clock: Callable[[], dt.datetime] = utcnow
     sleep: Callable[[float], None] = time.sleep
     _providers: dict[str, VideoProvider] = field(default_factory=dict)
@@ -86,5 +88,6 @@ def _build_runtime() -> Runtime:
         ledger=FirestoreLedger(client),
         health=FirestoreHealth(client),
         access=FirestoreAccess(client),
+        reuse=FirestoreReuseIndex(client),
         output_checks=threading.BoundedSemaphore(settings.output_checks_at_once),
     )
