@@ -28,6 +28,8 @@ locals {
     idempotency_keys = "expires_at" # Idempotency-Key records (24 h)
     rate_limits      = "expires_at" # per-key, per-minute request counters
     reservations     = "expires_at" # budget holds, 8 days after they were taken
+    render_cache     = "expires_at" # reuse index: a render's key, the cache TTL after it ended
+    followers        = "expires_at" # render_cache/{key}/followers: jobs that joined a render
   }
 }
 
