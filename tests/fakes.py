@@ -168,6 +168,7 @@ class FakeLedger:
         self.counters: dict[tuple[str, str], dict[str, int]] = {}
         self.reservations: dict[tuple[str, str], _Reservation] = {}
         self.crossed: set[tuple[str, str]] = set()
+        self.hours: dict[tuple[str, str], list[int]] = {}
 
     def _add(self, day: str, scopes: Iterable[Scope], **increments: int) -> None:
         for scope in scopes:
@@ -211,6 +212,10 @@ class FakeLedger:
                 return False
             if found.granted:
                 self._add(day, found.scopes, returned=found.micros - spent, spent=spent)
+                now = self._clock()
+                hour = now.hour if now.date().isoformat() == day else 23
+                for scope in found.scopes:
+                    self.hours.setdefault((day, scope.name), [0] * 24)[hour] += spent
             else:
                 self._add(day, found.scopes, refunded=found.micros)
             found.state, found.spent = state, spent
@@ -233,6 +238,9 @@ class FakeLedger:
         return [Held(day, rid, r.labels.get("job_id", ""), r.created_at)
                 for (d, rid), r in self.reservations.items()
                 if d == day and r.state is ReservationState.HELD]
+
+    def hourly_spent(self, day: str, scope: str) -> list[int]:
+        return list(self.hours.get((day, scope), [0] * 24))
 
     def state(self, day: str, reservation_id: str) -> ReservationState | None:
         found = self.reservations.get((day, reservation_id))

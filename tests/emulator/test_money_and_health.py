@@ -70,6 +70,11 @@ def test_accepted_means_funded_under_a_burst(fresh: LocalStack) -> None:
     figures = httpx.get(f"{fresh.api}/v1/budget", headers=fresh.auth, timeout=30).json()
     assert figures["reserved_usd"] == 0  # every hold settled or released
     assert figures["spent_usd"] == pytest.approx(spent)
+    # The forecast: today's spend, all within this hour, projects past the limit.
+    ahead = figures["forecast"]
+    assert ahead["rate_usd_per_hour"] > 0
+    assert ahead["projected_usd"] >= figures["committed_usd"]
+    assert ahead["exceeds_limit"] == (ahead["projected_usd"] >= LIMIT_USD)
     after = httpx.post(f"{fresh.api}/v1/jobs", json={"prompt": "one more"},
                        headers=fresh.auth, timeout=30)
     assert after.status_code == 429

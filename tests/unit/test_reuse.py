@@ -45,7 +45,8 @@ def test_the_key_covers_what_is_rendered_and_nothing_else() -> None:
         {"prompt": "a red fox in rain"}, {"seed": 8}, {"seed": None}, {"duration_seconds": 5},
         {"audio": True}, {"aspect_ratio": AspectRatio.PORTRAIT})]
     keys = {request_key(r, None, "o") for r in different}
-    assert key not in keys and len(keys) == len(different)
+    assert key not in keys
+    assert len(keys) == len(different)
     assert request_key(base, None, "other-owner") != key  # scoped
 
 
@@ -90,8 +91,10 @@ def test_reuse_is_opt_in_and_scoped_to_the_api_key(fx: Fakes) -> None:
     never = admitted(submit(fx, "job_2", reuse="never")).job
     other_key = admitted(submit(fx, "job_3", owner="key:bbbbbbbbbbbb")).job
 
-    assert never.status is JobStatus.QUEUED and never.reused_from is None
-    assert other_key.status is JobStatus.QUEUED and other_key.reused_from is None
+    assert never.status is JobStatus.QUEUED
+    assert never.reused_from is None
+    assert other_key.status is JobStatus.QUEUED
+    assert other_key.reused_from is None
 
 
 def test_the_deployment_scope_shares_across_keys(tmp_path: Path) -> None:
@@ -134,7 +137,8 @@ def test_a_cache_hit_is_served_even_when_the_budget_is_spent(tmp_path: Path) -> 
     again = admitted(submit(fx, "job_2")).job
     fresh = submit(fx, "job_3", prompt="something new")
 
-    assert again.status is JobStatus.SUCCEEDED and again.reused_from == first.id
+    assert again.status is JobStatus.SUCCEEDED
+    assert again.reused_from == first.id
     assert isinstance(fresh, routing.Rejection)
 
 
@@ -191,11 +195,13 @@ def test_cancelling_a_follower_leaves_its_leader_rendering(fx: Fakes) -> None:
 
     cancelled = cancel.cancel_job(fx.rt, follower.id)
 
-    assert cancelled is not None and cancelled.status is JobStatus.CANCELLED
+    assert cancelled is not None
+    assert cancelled.status is JobStatus.CANCELLED
     done = deliver(fx, leader)
     assert done.status is JobStatus.SUCCEEDED
     after = fx.store.get(follower.id)
-    assert after is not None and after.status is JobStatus.CANCELLED  # stays cancelled
+    assert after is not None
+    assert after.status is JobStatus.CANCELLED
 
 
 def test_the_watchdog_ends_a_follower_whose_leaders_end_was_missed(fx: Fakes) -> None:
@@ -213,3 +219,20 @@ def test_the_watchdog_ends_a_follower_whose_leaders_end_was_missed(fx: Fakes) ->
     assert after.status is JobStatus.SUCCEEDED
     assert after.reused_from == leader.id
     assert len(fx.provider(leader.plan[0]).calls_of("create")) == 1  # never dispatched
+
+
+def test_a_key_whose_leaders_end_was_never_recorded_is_led_anew(fx: Fakes) -> None:
+    leader = admitted(submit(fx, "job_1")).job
+    fx.rt.reuse.finish = lambda *a, **k: False  # type: ignore[method-assign]  # lost
+    fx.provider(leader.plan[0]).creates = [
+        ProviderError(ErrorClass.INVALID_INPUT, "bad", "the provider refused it")]
+    assert deliver(fx, leader).status is JobStatus.FAILED
+    del fx.rt.reuse.finish  # type: ignore[attr-defined]  # the index works again
+
+    again = admitted(submit(fx, "job_2")).job
+
+    assert again.reused_from is None
+    assert again.funding is not None
+    entry = fx.rt.reuse.get(again.reuse_key or "")
+    assert entry is not None
+    assert entry.leader == "job_2"

@@ -8,8 +8,10 @@ import logging
 
 from aiprod.adapters.ledger import GLOBAL, Scope
 from aiprod.domain import budget, lifecycle
+from aiprod.domain import forecast as forecast_policy
 from aiprod.domain.apikeys import key_of_owner
 from aiprod.domain.budget import DayFigures, Threshold
+from aiprod.domain.forecast import Forecast
 from aiprod.domain.job import Attempt, AttemptStatus, Funding, Job
 from aiprod.observability.logs import log
 from aiprod.services import telemetry
@@ -89,6 +91,17 @@ def key_today(rt: Runtime, owner: str) -> DayFigures | None:
     return rt.ledger.figures(budget.ledger_day(rt.clock()), scope, scope.limit_micros)
 
 
+def forecast(rt: Runtime, figures: DayFigures, scope: str = GLOBAL) -> Forecast:
+    """Where `figures`' day is heading at the recent spend rate (aiprod.domain.forecast)."""
+    return forecast_policy.forecast(rt.clock(), figures.limit_micros, figures.committed_micros,
+                                    rt.ledger.hourly_spent(figures.day, scope))
+
+
+def key_forecast(rt: Runtime, owner: str, figures: DayFigures) -> Forecast | None:
+    scope = key_scope(rt, owner)
+    return forecast(rt, figures, scope.name) if scope is not None else None
+
+
 def reserve(rt: Runtime, job: Job, index: int, amount_usd: float) -> str | None:
     """Hold the attempt's estimate; the ledger day it was held on, or None if it cannot fit."""
     day = job.attempts[index].reservation_day or budget.ledger_day(rt.clock())
@@ -131,7 +144,10 @@ def check_thresholds(rt: Runtime, day: str) -> Threshold:
     """Announce the day's warning and critical thresholds, once each."""
     figures = rt.ledger.figures(day, global_scope(rt),
                                 budget.to_micros(rt.settings.daily_budget_warn_usd))
-    telemetry.budget_level(figures, today=budget.ledger_day(rt.clock()))
+    today = budget.ledger_day(rt.clock())
+    telemetry.budget_level(figures, today=today)
+    if day == today:
+        telemetry.budget_forecast(forecast(rt, figures))
     level = figures.threshold
     if level is not Threshold.OK and rt.ledger.first_crossing(day, level.value):
         log(logger, logging.WARNING if level is Threshold.WARNING else logging.ERROR,

@@ -74,6 +74,13 @@ def after_money(rt: Runtime, job: Job) -> tuple[Job, bool] | None:
     assert job.reuse_key is not None
     now = rt.clock()
     entry = rt.reuse.lead(job.reuse_key, job.id, now, now + ttl(rt))
+    if entry.leader != job.id and entry.state is EntryState.RENDERING:
+        leader = rt.store.get(entry.leader)
+        if leader is not None and leader.status.terminal:
+            # Its end was never recorded (the process died after ending it): record it
+            # now, so the key is not stuck behind a job that will never render.
+            leader_ended(rt, leader)
+            entry = rt.reuse.lead(job.reuse_key, job.id, now, now + ttl(rt))
     if entry.leader == job.id:
         return None
     return _reuse(rt, job, entry)
