@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -75,6 +76,12 @@ def test_accepted_means_funded_under_a_burst(fresh: LocalStack) -> None:
     assert ahead["rate_usd_per_hour"] > 0
     assert ahead["projected_usd"] >= figures["committed_usd"]
     assert ahead["exceeds_limit"] == (ahead["projected_usd"] >= LIMIT_USD)
+    shown = subprocess.run([str(Path(sys.executable).parent / "aiprod"), "budget", "--api",
+                            fresh.api], capture_output=True, text=True, timeout=60,
+                           env=os.environ | {"AIPROD_API_KEY": fresh.api_key, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert "forecast today: " in shown.stdout  # the projection moves with the clock
+    assert f"USD of {LIMIT_USD:.2f} by 00:00 UTC" in shown.stdout
     after = httpx.post(f"{fresh.api}/v1/jobs", json={"prompt": "one more"},
                        headers=fresh.auth, timeout=30)
     assert after.status_code == 429
