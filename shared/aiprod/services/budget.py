@@ -103,8 +103,13 @@ def key_forecast(rt: Runtime, owner: str, figures: DayFigures) -> Forecast | Non
 
 
 def reserve(rt: Runtime, job: Job, index: int, amount_usd: float) -> str | None:
-    """Hold the attempt's estimate; the ledger day it was held on, or None if it cannot fit."""
+    """Hold the attempt's estimate; the ledger day it was held on, or None if it cannot fit.
+    A first attempt on admission's hold needs no call: the job was stored only once the
+    ledger granted it, and only the job's end (or a job that was never stored) gives it
+    back."""
     day = job.attempts[index].reservation_day or budget.ledger_day(rt.clock())
+    if lifecycle.uses_funding(job, index):
+        return day
     held = rt.ledger.reserve(day, reservation_id(job, index), budget.to_micros(amount_usd),
                              scopes_for(rt, job), job_id=job.id)
     if held:
