@@ -29,7 +29,10 @@ from aiprod.wiring.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT = "deployment"
-LEADER_WAIT_TRIES = 10  # an elected leader is stored right after its election
+# An elected leader is stored right after its election, but a loaded Firestore may take
+# seconds: a joiner waits this long for it before rendering on its own (measured on a
+# loaded 2-core machine: past 1 s).
+LEADER_WAIT_TRIES = 100
 LEADER_WAIT_S = 0.1
 
 
