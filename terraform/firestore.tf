@@ -29,6 +29,8 @@ locals {
     rate_limits      = "expires_at" # per-key, per-minute request counters
     reservations     = "expires_at" # budget holds, 8 days after they were taken
     backend_stats    = "expires_at" # attempt counters, once their bucket left the window
+    render_cache     = "expires_at" # reuse index: a render's key, the cache TTL after it ended
+    followers        = "expires_at" # render_cache/{key}/followers: jobs that joined a render
   }
 }
 

@@ -63,6 +63,8 @@ locals {
     AIPROD_DAILY_BUDGET_USD      = tostring(var.daily_budget_usd)
     AIPROD_DAILY_BUDGET_WARN_USD = tostring(var.daily_budget_warn_usd)
     AIPROD_IMAGE_BUCKETS         = join(",", var.input_image_buckets)
+    AIPROD_CACHE_TTL_S           = tostring(var.cache_ttl_days * 86400)
+    AIPROD_CACHE_SCOPE           = var.cache_scope
   }
 
   render_deadline_s = local.sizing.render.timeout_seconds - var.render_handoff_margin_seconds

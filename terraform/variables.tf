@@ -210,6 +210,28 @@ variable "daily_budget_usd" {
   }
 }
 
+variable "cache_ttl_days" {
+  description = "Days a succeeded render serves identical \"reuse\": \"cached\" requests at no cost (AIPROD_CACHE_TTL_S); under output_retention_days, so a reused output still exists."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.cache_ttl_days > 0 && var.cache_ttl_days < var.output_retention_days
+    error_message = "cache_ttl_days must be positive and less than output_retention_days."
+  }
+}
+
+variable "cache_scope" {
+  description = "Whose requests count as identical for reuse (AIPROD_CACHE_SCOPE): one API key's (key) or every caller's (deployment)."
+  type        = string
+  default     = "key"
+
+  validation {
+    condition     = contains(["key", "deployment"], var.cache_scope)
+    error_message = "cache_scope must be key or deployment."
+  }
+}
+
 variable "daily_budget_warn_usd" {
   description = "Daily spend at which AIPROD warns, in USD (AIPROD_DAILY_BUDGET_WARN_USD); below daily_budget_usd."
   type        = number

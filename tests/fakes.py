@@ -26,6 +26,7 @@ from unittest import mock
 from aiprod.adapters import media
 from aiprod.adapters.ledger import Held, ReservationState, Scope
 from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
+from aiprod.adapters.reuse import Entry, EntryState
 from aiprod.adapters.storage import LocalOutputStore
 from aiprod.adapters.store import job_from_doc, job_to_doc
 from aiprod.domain.apikeys import ApiKey
@@ -167,6 +168,7 @@ class FakeLedger:
         self.counters: dict[tuple[str, str], dict[str, int]] = {}
         self.reservations: dict[tuple[str, str], _Reservation] = {}
         self.crossed: set[tuple[str, str]] = set()
+        self.hours: dict[tuple[str, str], list[int]] = {}
 
     def _add(self, day: str, scopes: Iterable[Scope], **increments: int) -> None:
         for scope in scopes:
@@ -210,6 +212,10 @@ class FakeLedger:
                 return False
             if found.granted:
                 self._add(day, found.scopes, returned=found.micros - spent, spent=spent)
+                now = self._clock()
+                hour = now.hour if now.date().isoformat() == day else 23
+                for scope in found.scopes:
+                    self.hours.setdefault((day, scope.name), [0] * 24)[hour] += spent
             else:
                 self._add(day, found.scopes, refunded=found.micros)
             found.state, found.spent = state, spent
@@ -232,6 +238,9 @@ class FakeLedger:
         return [Held(day, rid, r.labels.get("job_id", ""), r.created_at)
                 for (d, rid), r in self.reservations.items()
                 if d == day and r.state is ReservationState.HELD]
+
+    def hourly_spent(self, day: str, scope: str) -> list[int]:
+        return list(self.hours.get((day, scope), [0] * 24))
 
     def state(self, day: str, reservation_id: str) -> ReservationState | None:
         found = self.reservations.get((day, reservation_id))
@@ -353,6 +362,44 @@ class FakeAccess:
         raise NotImplementedError("not needed by the service tests")
 
 
+# -- reuse index ---------------------------------------------------------------------------
+class FakeReuseIndex:
+    """ReuseIndex with adapters/reuse.py's semantics: one leader per key (a live entry
+    stands; a failed or expired one is taken over), followers recorded per key."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.following: dict[str, list[str]] = {}
+        self._lock = threading.RLock()
+
+    def get(self, key: str) -> Entry | None:
+        return self.entries.get(key)
+
+    def lead(self, key: str, job_id: str, now: dt.datetime, expires_at: dt.datetime) -> Entry:
+        with self._lock:
+            standing = self.entries.get(key)
+            if standing is not None and (standing.live(now) or standing.leader == job_id):
+                return standing
+            self.entries[key] = Entry(key, job_id, EntryState.RENDERING, expires_at)
+            return self.entries[key]
+
+    def follow(self, key: str, job_id: str, expires_at: dt.datetime) -> None:
+        with self._lock:
+            self.following.setdefault(key, []).append(job_id)
+
+    def finish(self, key: str, leader: str, state: EntryState,
+               expires_at: dt.datetime) -> bool:
+        with self._lock:
+            standing = self.entries.get(key)
+            if standing is None or standing.leader != leader:
+                return False
+            self.entries[key] = Entry(key, leader, state, expires_at)
+            return True
+
+    def followers(self, key: str) -> list[str]:
+        return list(self.following.get(key, []))
+
+
 # -- providers -----------------------------------------------------------------------------
 @functools.cache
 def sample_video(duration_s: float, aspect_ratio: str = "16:9", blank: bool = False) -> bytes:
@@ -426,6 +473,7 @@ class Fakes:
     health: FakeHealth
     access: FakeAccess
     providers: dict[str, FakeProvider]
+    reuse: FakeReuseIndex
 
     def provider(self, backend: str) -> FakeProvider:
         return self.providers[backend]
@@ -445,10 +493,11 @@ def fake_runtime(tmp: Path, **settings: Any) -> Fakes:
     catalog = config.catalog()
     clock = ManualClock()
     store, bus, ledger = FakeStore(), FakeBus(), FakeLedger(clock)
-    health, access = FakeHealth(), FakeAccess()
+    health, access, reuse = FakeHealth(), FakeAccess(), FakeReuseIndex()
     providers = {b.name: FakeProvider(b.name) for b in catalog.backends}
     rt = Runtime(settings=config, catalog=catalog, store=store, bus=bus,
                  outputs=LocalOutputStore(tmp), ledger=ledger, health=health, access=access,
+                 reuse=reuse,
                  clock=clock, sleep=clock.sleep, _providers=dict(providers))
-    return Fakes(rt, clock, store, bus, ledger, health, access, providers)
+    return Fakes(rt, clock, store, bus, ledger, health, access, providers, reuse)
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from aiprod.adapters.providers.base import THROTTLE_CODES
 from aiprod.domain.budget import DayFigures, ledger_day, to_usd
 from aiprod.domain.catalog import Catalog
+from aiprod.domain.forecast import forecast
 from aiprod.domain.job import ErrorClass, Job, JobStatus
 from aiprod.observability.monitoring import PERCENTILES, Alert, MonitoringSpec, Slo
 
@@ -186,7 +187,8 @@ class JobRecords(SampledSource):
     and today's budget ledger."""
 
     def __init__(self, jobs: Iterable[Job], catalog: Catalog, budget_today: DayFigures | None,
-                 description: str, now: dt.datetime) -> None:
+                 description: str, now: dt.datetime,
+                 budget_hours: Sequence[int] | None = None) -> None:
         self.description = description
         self._now = now
         self._points: dict[str, list[Sample]] = {}
@@ -194,6 +196,7 @@ class JobRecords(SampledSource):
             for metric, points in job_samples(job, catalog).items():
                 self._points.setdefault(metric, []).extend(points)
         self._budget = budget_today
+        self._hours = list(budget_hours) if budget_hours is not None else [0] * 24
 
     def samples(self, metric: str, start: dt.datetime, end: dt.datetime) -> list[Sample] | None:
         if metric.startswith("budget_"):
@@ -202,7 +205,10 @@ class JobRecords(SampledSource):
                 return []
             micros = {"budget_spent_usd": figures.spent_micros,
                       "budget_reserved_usd": figures.reserved_micros,
-                      "budget_committed_usd": figures.committed_micros}.get(metric)
+                      "budget_committed_usd": figures.committed_micros,
+                      "budget_forecast_usd": forecast(
+                          self._now, figures.limit_micros, figures.committed_micros,
+                          self._hours).projected_micros}.get(metric)
             return None if micros is None else [Sample(to_usd(micros), {}, self._now)]
         if metric not in JOB_RECORD_METRICS:
             return None
@@ -231,6 +237,13 @@ def read_budget(client: Any, now: dt.datetime) -> DayFigures:
     from aiprod.adapters.ledger import GLOBAL, FirestoreLedger, Scope
 
     return FirestoreLedger(client).figures(ledger_day(now), Scope(GLOBAL, 0), 0)
+
+
+def read_budget_hours(client: Any, now: dt.datetime) -> list[int]:
+    """What settled in each UTC hour of today (the forecast's history)."""
+    from aiprod.adapters.ledger import GLOBAL, FirestoreLedger
+
+    return FirestoreLedger(client).hourly_spent(ledger_day(now), GLOBAL)
 
 
 # -- the report --------------------------------------------------------------------------

@@ -275,3 +275,14 @@ def test_client_finds_the_task_a_cut_off_create_made(sim: str) -> None:
     assert provider.find_task(_spec(prompt="a heron, answer lost", duration_seconds=8),
                               since) is None
     assert control.stats(sim)["creates"] == 2
+
+
+def test_a_seed_reaches_the_provider_and_none_is_sent_without_one(sim: str) -> None:
+    """Issue 14: the job's seed is passed where the catalog says the backend takes one."""
+    assert catalog_backend("replicate").accepts_seed
+    provider = _provider(sim)
+    with_seed = provider.create(_spec(seed=4_294_967_295))
+    without = provider.create(_spec())
+    tasks = {t["id"]: t for t in httpx.get(f"{sim}/_sim/tasks", timeout=10).json()}
+    assert tasks[with_seed]["seed"] == 4_294_967_295
+    assert tasks[without]["seed"] is None

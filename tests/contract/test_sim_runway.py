@@ -338,3 +338,14 @@ def test_files_of_unfinished_tasks_are_not_served(sim: str, sdk: RunwayML) -> No
     created = sdk.text_to_video.create(model="gen4.5", prompt_text="fox", ratio="1280:720",
                                        duration=2)
     assert httpx.get(f"{sim}/_sim/files/{created.id}.mp4").status_code == 404
+
+
+def test_a_seed_reaches_the_provider_and_none_is_sent_without_one(sim: str) -> None:
+    """Issue 14: the job's seed is passed where the catalog says the backend takes one."""
+    assert catalog_backend("runway").accepts_seed
+    provider = _provider(sim)
+    with_seed = provider.create(_spec(seed=4_294_967_295))
+    without = provider.create(_spec())
+    tasks = {t["id"]: t for t in httpx.get(f"{sim}/_sim/tasks", timeout=10).json()}
+    assert tasks[with_seed]["seed"] == 4_294_967_295
+    assert tasks[without]["seed"] is None

@@ -278,3 +278,16 @@ def test_client_connection_refused_is_transient() -> None:
         _provider(f"http://127.0.0.1:{port}").create(_spec())
     assert (caught.value.error_class, caught.value.code) == (ErrorClass.TRANSIENT,
                                                              "connection_error")
+
+
+def test_a_seed_reaches_the_provider_and_none_is_sent_without_one(sim: str) -> None:
+    """Issue 14: the job's seed is passed where the catalog says the backend takes one."""
+    assert catalog_backend("veo").accepts_seed
+    provider = _provider(sim)
+    with_seed = provider.create(_spec(seed=4_294_967_295))
+    without = provider.create(_spec())
+    # The task id is the operation name; the simulator lists tasks by its last segment.
+    tasks = {t["id"]: t for t in httpx.get(f"{sim}/_sim/tasks", timeout=10).json()}
+    with_seed, without = (name.rsplit("/", 1)[-1] for name in (with_seed, without))
+    assert tasks[with_seed]["seed"] == 4_294_967_295
+    assert tasks[without]["seed"] is None

@@ -40,6 +40,7 @@ from aiprod.adapters.access import FirestoreAccess
 from aiprod.adapters.bus import PubSubBus
 from aiprod.adapters.health import FirestoreHealth
 from aiprod.adapters.ledger import FirestoreLedger
+from aiprod.adapters.reuse import FirestoreReuseIndex
 from aiprod.adapters.storage import GcsOutputStore, SigningUnavailable
 from aiprod.adapters.store import FirestoreJobStore
 from aiprod.domain.job import Job, JobRequest, JobStatus, Output
@@ -207,7 +208,7 @@ def _runtime(stack: LocalStack, outputs: GcsOutputStore) -> Runtime:
     return Runtime(settings=settings, catalog=settings.catalog(), store=FirestoreJobStore(db),
                    bus=PubSubBus(stack.state["project"]), outputs=outputs,
                    ledger=FirestoreLedger(db), health=FirestoreHealth(db),
-                   access=FirestoreAccess(db))
+                   access=FirestoreAccess(db), reuse=FirestoreReuseIndex(db))
 
 
 def _finished_job(rt: Runtime, owner: str) -> Job:

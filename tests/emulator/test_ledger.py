@@ -196,3 +196,25 @@ def test_a_hold_closed_elsewhere_before_its_grant_does_not_go_ahead(
     assert not ledger.reserve(day, "r", 2 * USD, [scope])
     assert counters(client, day) == {"held": 2 * USD, "refunded": 2 * USD, "granted": 0,
                                      "returned": 0, "spent": 0}
+
+
+def test_settled_money_is_counted_in_the_hour_it_settled_per_scope(stack: LocalStack) -> None:
+    """The spend forecast's history (issue 14): written in the settlement's own batch."""
+    import datetime as dt
+
+    ledger = FirestoreLedger(stack.firestore())
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    scope = Scope(f"key:{uuid.uuid4().hex[:12]}", 10 * USD)  # a scope no other test uses
+    for rid, spent in (("a", USD // 2), ("b", USD // 4), ("c", 0)):
+        name = f"{scope.name}-{rid}"
+        assert ledger.reserve(day, name, USD, [scope])
+        assert ledger.settle(day, name, spent) if spent else ledger.release(day, name)
+    assert not ledger.settle(day, f"{scope.name}-a", USD // 2)  # settled once only
+    hour = dt.datetime.now(dt.UTC).hour
+
+    hourly = ledger.hourly_spent(day, scope.name)
+
+    assert len(hourly) == 24
+    if dt.datetime.now(dt.UTC).hour == hour:  # not across an hour boundary
+        assert hourly[hour] == USD // 2 + USD // 4
+    assert sum(hourly) == USD // 2 + USD // 4 == ledger.figures(day, scope, 0).spent_micros

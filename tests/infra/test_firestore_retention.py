@@ -28,6 +28,8 @@ BOUNDED = {
     "keys": "budget_days/{day}/keys: one counter per API key that spent that day, kept "
             "with the day's record",
     "alerts": "budget_days/{day}/alerts: at most one marker per threshold and day",
+    "spend_hours": "budget_days/{day}/spend_hours: one document per scope (the day, each "
+                   "API key) that settled money that day, kept with the day's record",
     "jobs": "one document per job, kept on purpose: a job id stays answerable "
             "(GET /v1/jobs/{id}, `aiprod slo`, the spend it accounts for) after its "
             "output expires; an operator who wants a retention deletes old jobs "

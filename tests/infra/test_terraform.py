@@ -511,6 +511,8 @@ def test_render_hands_off_before_its_timeout(deployment: Deployment) -> None:
     ({"functions": {"render": {"timeout_seconds": 100}}, "render_handoff_margin_seconds": 60},
      "at least 60 s of rendering"),
     ({"daily_budget_warn_usd": 150}, "at most daily_budget_usd"),
+    ({"cache_ttl_days": 30}, "less than output_retention_days"),
+    ({"cache_scope": "everyone"}, "key or deployment"),
     ({"secret_version": "newest"}, "secret_version"),
     ({"python_runtime": "python311"}, "python_runtime"),
     ({"functions": {"renderer": {"max_instances": 5}}}, "function kind of functions.yaml"),
@@ -834,7 +836,8 @@ def test_firestore_ttl_policies(deployment: Deployment) -> None:
     fields = {(f.get("collection"), f.get("field")): f
               for f in deployment.instances("google_firestore_field", "ttl").values()}
     assert set(fields) == {("idempotency_keys", "expires_at"), ("reservations", "expires_at"),
-                           ("rate_limits", "expires_at")}
+                           ("rate_limits", "expires_at"), ("render_cache", "expires_at"),
+                           ("followers", "expires_at")}
     for field in fields.values():
         assert field.blocks("ttl_config"), field.address
         assert deployment.resolve(field.get("database")).type == "google_firestore_database"

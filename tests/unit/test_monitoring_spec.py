@@ -23,12 +23,15 @@ def test_the_alert_policies() -> None:
     alerts = {a.name: a for a in SPEC.alerts}
     assert set(alerts) == {"budget_warning", "budget_critical", "quality_low", "latency_high",
                            "runway_errors", "messages_dead_lettered", "pubsub_backlog_old",
-                           "function_errors", "watchdog_redrove"}
+                           "function_errors", "watchdog_redrove", "budget_forecast"}
     c = {name: a.condition for name, a in alerts.items()}
     assert (alerts["budget_warning"].metric, c["budget_warning"].at_least) == (
         "budget_committed_usd", 90)
     assert (alerts["budget_critical"].metric, c["budget_critical"].at_least) == (
         "budget_committed_usd", 100)
+    # Issue 14: the forecast of the day's committed money crossing the limit.
+    assert (alerts["budget_forecast"].metric, c["budget_forecast"].at_least) == (
+        "budget_forecast_usd", 100)
     assert (c["quality_low"].aggregate, c["quality_low"].below) == ("mean", 0.6)
     assert (c["latency_high"].aggregate, c["latency_high"].above) == ("p95", 900)
     assert (c["runway_errors"].aggregate, c["runway_errors"].above,

@@ -90,20 +90,26 @@ def test_a_render_past_its_deadline_hands_off_to_a_continuation(tmp_path: Path) 
     assert provider.calls_of("create") == [job.id]  # created once across both invocations
 
 
-def test_a_refused_reservation_skips_the_backend_and_falls_back(fx: Fakes) -> None:
-    job = admit(fx)
-    first, second = job.plan[:2]
-    assert fx.ledger.reserve(DAY, "someone-else", to_micros(99.9), [budget.global_scope(fx.rt)])
+def test_a_fallback_whose_reservation_is_refused_skips_its_backend(fx: Fakes) -> None:
+    """The first attempt renders on admission's hold; a fallback reserves its own."""
+    job = admit(fx, plan=2)
+    first, second = job.plan
+    fx.provider(first).creates = [ProviderError(ErrorClass.BACKEND, "failed", "it failed")]
+    deliver(fx, job)
+    assert figures(fx).committed_micros == 0  # the first attempt's hold was released
+    limit = to_micros(fx.rt.settings.daily_budget_usd)
+    rival = limit - to_micros(0.01)
+    assert fx.ledger.reserve(DAY, "someone-else", rival, [budget.global_scope(fx.rt)])
 
-    after = deliver(fx, job)
+    after = deliver(fx, job, attempt=1, delivery="d2")
 
-    attempt = after.attempts[0]
+    attempt = after.attempts[1]
     assert attempt.status is AttemptStatus.SKIPPED
     assert attempt.error is not None
     assert attempt.error.code == "budget_exhausted"
-    assert fx.provider(first).calls == []
-    assert renders_sent(fx, second) == [{"job_id": job.id, "backend": second, "attempt": 1}]
-    assert figures(fx).committed_micros == to_micros(99.9)  # nothing of ours was held
+    assert fx.provider(second).calls == []
+    assert after.status is JobStatus.FAILED
+    assert figures(fx).committed_micros == rival  # nothing of ours was held
 
 
 def test_an_open_circuit_skips_the_backend_and_falls_back(fx: Fakes) -> None:
@@ -202,7 +208,7 @@ def test_an_output_failing_the_check_strikes_is_charged_and_falls_back(fx: Fakes
     assert len(renders_sent(fx, second)) == 1
 
 
-def test_a_busy_last_backend_hands_the_claim_and_the_hold_back(fx: Fakes) -> None:
+def test_a_busy_last_backend_hands_the_claim_back_and_keeps_its_funding(fx: Fakes) -> None:
     job = admit(fx, plan=1)
     backend = job.plan[0]
     for _ in range(fx.rt.settings.circuit_strikes):  # every call slot held by others
@@ -217,7 +223,8 @@ def test_a_busy_last_backend_hands_the_claim_and_the_hold_back(fx: Fakes) -> Non
     assert after.status is JobStatus.QUEUED
     assert after.attempts == []
     assert fx.provider(backend).calls == []
-    assert figures(fx).committed_micros == 0
+    # Admission's hold stays for the redelivery, which claims the attempt again.
+    assert figures(fx).committed_micros == to_micros(job.estimated_cost_usd)
 
 
 def test_a_duplicate_delivery_of_a_finished_job_publishes_nothing_new(fx: Fakes) -> None:

@@ -128,7 +128,8 @@ def test_runway_errors_alert_counts_runway_failures_in_the_hour() -> None:
 
 @pytest.mark.parametrize(("committed", "firing"), [
     (89.99, []), (90.0, ["budget_warning"]), (99.99, ["budget_warning"]),
-    (100.0, ["budget_warning", "budget_critical"])])
+    # At the limit, the forecast (committed now plus no further spend) is at it too.
+    (100.0, ["budget_warning", "budget_critical", "budget_forecast"])])
 def test_budget_alerts_fire_at_the_codes_thresholds(committed: float,
                                                     firing: list[str]) -> None:
     assert run([], committed_usd=committed).firing == firing
@@ -150,6 +151,7 @@ def test_slo_cli_takes_budget_thresholds_from_the_settings(
     config.get_settings.cache_clear()
     monkeypatch.setattr(slo_cli, "firestore_client", lambda project, database: (None, "test"))
     monkeypatch.setattr(slo, "read_jobs", lambda client, since: [])
+    monkeypatch.setattr(slo, "read_budget_hours", lambda client, now: [0] * 24)
     firing = {}
     try:
         for committed in (120.0, 250.0):
@@ -162,7 +164,8 @@ def test_slo_cli_takes_budget_thresholds_from_the_settings(
                                        if a["firing"])
     finally:
         config.get_settings.cache_clear()
-    assert firing == {120.0: [], 250.0: ["budget_critical", "budget_warning"]}
+    assert firing == {120.0: [],
+                      250.0: ["budget_critical", "budget_forecast", "budget_warning"]}
 
 
 def test_yesterdays_ledger_fires_nothing_today() -> None:
@@ -194,3 +197,21 @@ def test_the_report_is_json() -> None:
     assert body["firing"] == ["budget_warning"]
     assert {s["name"] for s in body["slos"]} == {"latency", "quality"}
     assert body["now"] == NOW.isoformat()
+
+
+@pytest.mark.parametrize(("committed_usd", "fires"), [(62.0, True), (61.0, False)])
+def test_the_forecast_alert_fires_when_the_projection_reaches_the_limit(
+        committed_usd: float, fires: bool) -> None:
+    """At 12:00 with 6.20 USD settled in hour 11 (age 1, weight 0.5) and nothing in
+    hours 7-10 or yet in hour 12 (observed 0 h): rate = 0.5 * 6.2 / (0.5 + 0.25 +
+    0.125 + 0.0625 + 0.03125) = 3.1 / 0.96875 = 3.2 USD/h; 12 h left, so the
+    projection is committed + 38.4 USD: 100.4 (fires at the 100 USD limit) or 99.4."""
+    hours = [0] * 24
+    hours[11] = 6_200_000
+    source = slo.JobRecords([], CATALOG, figures(committed_usd), "test", NOW, hours)
+
+    report = slo.report(SPEC, source, NOW)
+
+    (projected,) = next(a for a in report.alerts if a.name == "budget_forecast").values
+    assert projected["value"] == pytest.approx(committed_usd + 38.4)
+    assert ("budget_forecast" in report.firing) is fires

@@ -41,9 +41,16 @@ from aiprod.domain.budget import DayFigures, fits
 DAYS = "budget_days"
 RESERVATIONS = "reservations"
 KEYS = "keys"
+SPEND_HOURS = "spend_hours"  # budget_days/{day}/spend_hours/{scope}: spent per UTC hour
 GLOBAL = "global"
 RESERVATION_TTL = dt.timedelta(days=8)
 COUNTERS = ("granted", "held", "refunded", "returned", "spent")
+
+
+def _hour_of(day: str, at: dt.datetime) -> int:
+    """The UTC hour of `day` a settlement counts in: a late settlement of an earlier
+    day's hold counts in that day's last hour."""
+    return at.hour if at.date().isoformat() == day else 23
 
 
 def _gross(counters: dict[str, int]) -> int:
@@ -88,6 +95,8 @@ class Ledger(Protocol):
     def first_crossing(self, day: str, threshold: str) -> bool: ...
 
     def held(self, day: str) -> list[Held]: ...
+
+    def hourly_spent(self, day: str, scope: str) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -170,7 +179,7 @@ class FirestoreLedger:
 
     def _write(self, reservation: firestore.DocumentReference, version: dt.datetime | None,
                change: dict[str, Any], day: str, scopes: Sequence[Scope],
-               **increments: int) -> _Written:
+               spent_hour: int | None = None, **increments: int) -> _Written:
         """One atomic batch: `change` on the reservation (created if `version` is None,
         else updated only if its update time is still `version`) and `increments` on
         each scope's counters.
@@ -188,6 +197,14 @@ class FirestoreLedger:
         else:
             batch.update(reservation, change | {"op": op},
                          option=self._client.write_option(last_update_time=version))
+        if spent_hour is not None and increments.get("spent"):
+            # What settled this hour, per scope (the spend forecast's history), in the
+            # same atomic batch: written once with the settlement, or not at all.
+            for scope in scopes:
+                batch.set(self._client.collection(DAYS).document(day)
+                          .collection(SPEND_HOURS).document(scope.name),
+                          {f"h{spent_hour:02d}": firestore.Increment(increments["spent"])},
+                          merge=True)
         try:
             counters, written_at = self._commit_counters(batch, day, scopes, **increments)
             return _Written(counters, written_at)
@@ -251,10 +268,11 @@ class FirestoreLedger:
                 changes = {"returned": micros - spent, "spent": spent}
             else:  # its holder died before going ahead: nothing was spent
                 changes = {"refunded": micros}
+            closed_at = dt.datetime.now(dt.UTC)
             try:
                 self._write(reservation, snapshot.update_time,
-                            {"state": state.value, "spent": spent,
-                             "closed_at": dt.datetime.now(dt.UTC)}, day, scopes, **changes)
+                            {"state": state.value, "spent": spent, "closed_at": closed_at},
+                            day, scopes, spent_hour=_hour_of(day, closed_at), **changes)
             except gexc.FailedPrecondition:
                 continue  # changed under us: look again
             return True
@@ -277,6 +295,12 @@ class FirestoreLedger:
                  .where(filter=FieldFilter("state", "==", ReservationState.HELD.value)))
         return [Held(day, s.id, str(data.get("job_id", "")), data["created_at"])
                 for s in query.stream() if (data := s.to_dict() or {})]
+
+    def hourly_spent(self, day: str, scope: str) -> list[int]:
+        """What settled in each UTC hour of `day` against `scope` (24 figures, micros)."""
+        data = (self._client.collection(DAYS).document(day).collection(SPEND_HOURS)
+                .document(scope).get().to_dict() or {})
+        return [int(data.get(f"h{hour:02d}", 0)) for hour in range(24)]
 
     # -- figures -----------------------------------------------------------------------
     def figures(self, day: str, scope: Scope, warn_micros: int) -> DayFigures:

@@ -71,6 +71,9 @@ class Backend(Strict):
     model: str
     quality: float = Field(ge=0, le=1)
     typical_latency_s: int = Field(gt=0)
+    # Whether the provider's API takes a seed for this model: a request's seed is
+    # passed only where it is (elsewhere it still keys the result cache).
+    accepts_seed: bool = False
     price: Price
     capabilities: dict[Mode, ModeCapability]
     limits: Limits

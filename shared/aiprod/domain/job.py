@@ -38,6 +38,16 @@ class AspectRatio(StrEnum):
     SQUARE = "1:1"
 
 
+class Reuse(StrEnum):
+    """Whether an identical earlier (or in-flight) request's output may serve this one."""
+
+    NEVER = "never"
+    CACHED = "cached"
+
+
+MAX_SEED = 4_294_967_295  # uint32: Veo's documented range, and Runway's (providers.md)
+
+
 class Policy(StrEnum):
     CHEAPEST = "cheapest"
     BEST_QUALITY = "best_quality"
@@ -73,6 +83,11 @@ class JobRequest(BaseModel):
     policy: Policy = Policy.CHEAPEST
     webhook_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=32)
+    # Passed to each backend whose provider takes one (backends.yaml accepts_seed).
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    # "cached": an identical request that succeeded within the cache TTL, or one still
+    # rendering, serves this one at no cost (aiprod.services.reuse).
+    reuse: Reuse = Reuse.NEVER
 
     @model_validator(mode="after")
     def _needs_prompt_or_image(self) -> JobRequest:
@@ -180,6 +195,18 @@ class Attempt(BaseModel):
     reservation_id: str = ""
 
 
+class Funding(BaseModel):
+    """The money admission set aside for the job's first attempt, in the same ledger
+    operation that accepted it: a 201 means this much is held. The first attempt uses
+    this hold as its own; whatever ends the job before that attempt releases it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    day: str             # the ledger day holding it
+    reservation_id: str
+    amount_usd: float
+
+
 class InputImage(BaseModel):
     """An uploaded image, staged in the output store at admission: the job keeps this
     reference, never the bytes (a Firestore document holds at most 1 MiB)."""
@@ -229,6 +256,12 @@ class Job(BaseModel):
     # then holds its uri.
     input_image: InputImage | None = None
     estimated_cost_usd: float
+    # The first attempt's money, held at admission (None for jobs stored before it).
+    funding: Funding | None = None
+    # reuse "cached": the hash of what it renders (aiprod.domain.reuse.request_key), and
+    # the job whose output serves it, when it was served from (or joined) another.
+    reuse_key: str | None = None
+    reused_from: str | None = None
     cost_usd: float = 0.0
     quality_score: float | None = None
     correlation_id: str | None = None

@@ -81,12 +81,14 @@ def claim_attempt(job: Job, backend: str, index: int, delivery_id: str, now: dt.
         return Claim(ClaimKind.RESUME, index, attempt.provider_task_id)
     if index > len(job.attempts) or next_backend(job) != backend:
         return Claim(ClaimKind.STALE, index)
+    day, hold = ledger_day(now), reservation_id(job.id, index, delivery_id, now)
+    if index == 0 and job.funding is not None:  # admission's hold is this attempt's
+        day, hold = job.funding.day, job.funding.reservation_id
+        estimated_cost_usd = job.funding.amount_usd
     job.attempts.append(Attempt(backend=backend, status=AttemptStatus.CREATING,
                                 delivery_id=delivery_id, lease_expires_at=now + lease,
                                 started_at=now, estimated_cost_usd=estimated_cost_usd,
-                                reservation_day=ledger_day(now),
-                                reservation_id=reservation_id(job.id, index, delivery_id,
-                                                              now)))
+                                reservation_day=day, reservation_id=hold))
     job.status = JobStatus.RENDERING
     job.updated_at = now
     return Claim(ClaimKind.CREATE, index)
@@ -97,6 +99,20 @@ def reservation_id(job_id: str, index: int, delivery_id: str, now: dt.datetime) 
     is made again by the redelivery of the same message, with the same message id,
     and must not meet the hold it released (the ledger would call that spent)."""
     return f"{job_id}-{index}-{delivery_id}-{now.strftime('%Y%m%dT%H%M%S%f')}"
+
+
+def funding_unused(job: Job) -> bool:
+    """Whether admission's hold is held for a first attempt that never claimed it: the
+    job's ender releases it (a claimed one is closed with its attempt)."""
+    return job.funding is not None and not any(
+        a.reservation_id == job.funding.reservation_id for a in job.attempts)
+
+
+def uses_funding(job: Job, index: int) -> bool:
+    """Whether attempt `index` holds admission's money (kept when its claim is handed back:
+    the redelivery claims it again)."""
+    return (job.funding is not None and index < len(job.attempts)
+            and job.attempts[index].reservation_id == job.funding.reservation_id)
 
 
 def abandon_claim(job: Job, index: int) -> bool:

@@ -31,6 +31,7 @@ def public_job(job: Job, download_url: str | None = None) -> dict[str, Any]:
         "plan": job.plan,
         "estimated_cost_usd": job.estimated_cost_usd,
         "cost_usd": job.cost_usd,
+        "reused_from": job.reused_from,
         "attempts": attempts,
         "output": output,
         "quality_score": job.quality_score,

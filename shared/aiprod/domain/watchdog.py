@@ -105,10 +105,14 @@ def leftover_hold(job: Job | None, reservation_id: str) -> HoldVerdict:
     and the message that would have closed it was lost): close it as that
     attempt's end says. No attempt owns it (a claim handed back before calling
     the provider, whose release died with its process): release it. An open
-    attempt keeps its hold: its render, or a re-drive of it, closes it."""
+    attempt keeps its hold: its render, or a re-drive of it, closes it; a job not
+    yet claimed keeps the hold admission took for its first attempt."""
     if job is None:
         return HoldVerdict(release=True)
     for index, attempt in enumerate(job.attempts):
         if (attempt.reservation_id or f"{job.id}-{index}") == reservation_id:
             return HoldVerdict(close_attempt=index) if attempt.status.terminal else HoldVerdict()
+    if (job.funding is not None and job.funding.reservation_id == reservation_id
+            and not job.status.terminal):
+        return HoldVerdict()  # admission's hold, waiting for the first attempt to take it
     return HoldVerdict(release=True)

@@ -267,9 +267,14 @@ def get_quote(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
 
 def get_budget(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
     now = rt.clock()
-    body = budget.today(rt).public() | {"resets_at": budget_policy.resets_at(now).isoformat()}
-    own = budget.key_today(rt, caller(request).owner)
-    body["key"] = own.public() if own is not None else None
+    today = budget.today(rt)
+    body = today.public() | {"resets_at": budget_policy.resets_at(now).isoformat(),
+                             "forecast": budget.forecast(rt, today).public()}
+    owner = caller(request).owner
+    own = budget.key_today(rt, owner)
+    own_forecast = budget.key_forecast(rt, owner, own) if own is not None else None
+    body["key"] = (own.public() | {"forecast": own_forecast.public() if own_forecast else None}
+                   if own is not None else None)
     return _json(body)
 
 

@@ -92,6 +92,8 @@ class JobView(_View):
     plan: list[str] = Field(description="backends in the order they are tried")
     estimated_cost_usd: float
     cost_usd: float
+    reused_from: str | None = Field(description="the job whose output served this one "
+                                                "(reuse: cached), at no cost")
     attempts: list[AttemptView]
     output: OutputView | None
     quality_score: float | None
@@ -209,11 +211,30 @@ class DayFiguresView(_View):
     threshold: Threshold
 
 
+class ForecastView(_View):
+    """Where the day's committed money is heading at the recent spend rate."""
+
+    projected_usd: float = Field(description="committed money expected by 00:00 UTC: "
+                                             "committed now + rate x hours left")
+    rate_usd_per_hour: float = Field(description="spend per hour over the day's last hours, "
+                                                 "exponentially weighted")
+    limit_reached_at: dt.datetime | None = Field(description="when the limit would be "
+                                                            "reached today at this rate")
+    exceeds_limit: bool
+    method: str
+
+
+class KeyBudgetView(DayFiguresView):
+    forecast: ForecastView | None
+
+
 class BudgetView(DayFiguresView):
-    """Today's budget across all callers; `key`: the caller's own key budget, if it has one."""
+    """Today's budget across all callers, with its forecast; `key`: the caller's own key
+    budget, if it has one."""
 
     resets_at: dt.datetime
-    key: DayFiguresView | None
+    forecast: ForecastView
+    key: KeyBudgetView | None
 
 
 class HealthzView(_View):

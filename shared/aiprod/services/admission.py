@@ -13,9 +13,17 @@ from aiprod.domain import budget as budget_policy
 from aiprod.domain import health as health_policy
 from aiprod.domain import routing
 from aiprod.domain.events import EventType
-from aiprod.domain.job import InputImage, Job, JobRequest, JobStatus, staged_key
+from aiprod.domain.job import (
+    Funding,
+    InputImage,
+    Job,
+    JobRequest,
+    JobStatus,
+    Reuse,
+    staged_key,
+)
 from aiprod.observability.logs import log
-from aiprod.services import budget, stats, telemetry
+from aiprod.services import budget, reuse, stats, telemetry
 from aiprod.services.publishing import dispatch, emit
 from aiprod.wiring.runtime import Runtime
 
@@ -88,26 +96,43 @@ def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
         ensure_dispatched(rt, existing)
         return Admitted(existing, created=False)
 
+    reuse_key = reuse.key_for(rt, request, owner) if request.reuse is Reuse.CACHED else None
     decision = quote(rt, request, owner)
     stats.note_quality_changes(rt, decision, job_id)
-    if isinstance(decision, routing.Rejection):
-        log(logger, logging.INFO, f"job rejected: {decision.detail}", job_id=job_id,
-            reason=decision.reason.value, owner=owner, correlation_id=correlation_id)
-        telemetry.rejected(decision.reason.value, job_id)
-        return decision
-
     input_image = None
-    if request.image_url is not None and request.image_url.startswith("data:"):
+    if ((reuse_key is not None or not isinstance(decision, routing.Rejection))
+            and request.image_url is not None and request.image_url.startswith("data:")):
         input_image = stage_upload(rt, job_id, request.image_url)
-        request = request.model_copy(update={"image_url": input_image.uri})
     now = rt.clock()
-    job = Job(id=job_id, owner=owner, request=request, plan=decision.backends,
-              status=JobStatus.QUEUED, estimated_cost_usd=decision.estimated_cost_usd,
-              input_image=input_image, correlation_id=correlation_id, created_at=now,
-              updated_at=now)
+    job = Job(id=job_id, owner=owner, request=request.model_copy(
+                  update={"image_url": input_image.uri}) if input_image else request,
+              plan=[], status=JobStatus.QUEUED, estimated_cost_usd=0.0,
+              input_image=input_image, correlation_id=correlation_id, reuse_key=reuse_key,
+              created_at=now, updated_at=now)
+    if reuse_key is not None:  # an identical request's output, before any money is held
+        served = reuse.before_money(rt, job)
+        if served is not None:
+            return Admitted(*served)
+    funded = decision if isinstance(decision, routing.Rejection) else _fund(
+        rt, request, job_id, owner, decision)
+    if isinstance(funded, routing.Rejection):
+        log(logger, logging.INFO, f"job rejected: {funded.detail}", job_id=job_id,
+            reason=funded.reason.value, owner=owner, correlation_id=correlation_id)
+        telemetry.rejected(funded.reason.value, job_id)
+        return funded
+    decision, funding = funded
+    job = job.model_copy(update={"plan": decision.backends, "funding": funding,
+                                 "estimated_cost_usd": decision.estimated_cost_usd})
+    if reuse_key is not None:  # lead the key, unless an identical job got there first
+        served = reuse.after_money(rt, job)
+        if served is not None:
+            rt.ledger.release(funding.day, funding.reservation_id)
+            return Admitted(*served)
     if not rt.store.create(job):  # a concurrent retry stored it first
         stored = rt.store.get(job_id)
         assert stored is not None
+        if stored.funding is None or stored.funding.reservation_id != funding.reservation_id:
+            rt.ledger.release(funding.day, funding.reservation_id)  # ours went unused
         ensure_dispatched(rt, stored)
         return Admitted(stored, created=False)
     log(logger, logging.INFO, "job admitted", job_id=job_id, plan=job.plan, owner=owner,
@@ -116,6 +141,33 @@ def admit(rt: Runtime, request: JobRequest, *, job_id: str, owner: str,
     dispatch(rt, job, job.plan[0], 0)
     emit(rt, job, EventType.QUEUED)
     return Admitted(job, created=True)
+
+
+def _fund(rt: Runtime, request: JobRequest, job_id: str, owner: str, decision: routing.Plan,
+          ) -> tuple[routing.Plan, Funding] | routing.Rejection:
+    """Hold the first attempt's money in the ledger's one atomic operation, or say why
+    the job cannot be accepted: a job told yes is funded.
+
+    The plan was drawn from the budget as last read; when the ledger refuses the hold
+    (others took the money meanwhile), the plan is drawn again from what is left, so a
+    cheaper backend that still fits is held instead, and a job that no backend can be
+    funded for is refused now rather than failed later."""
+    refused = decision.quotes[0]
+    for attempt in range(len(rt.catalog.backends) + 1):
+        if attempt:
+            again = quote(rt, request, owner)
+            if isinstance(again, routing.Rejection):
+                return again
+            decision = again
+        first = decision.quotes[0]
+        funding = budget.fund(rt, job_id, owner, first.estimated_cost_usd, attempt)
+        if funding is not None:
+            return decision, funding
+        refused = first
+    return routing.Rejection(
+        routing.RejectionReason.BUDGET_EXHAUSTED,
+        f"the budget left cannot hold {refused.estimated_cost_usd} USD for {refused.backend}",
+        cheapest=refused)
 
 
 def stage_upload(rt: Runtime, job_id: str, data_uri: str) -> InputImage:
@@ -137,6 +189,6 @@ def ensure_dispatched(rt: Runtime, job: Job) -> None:
     The render function claims attempts in a transaction, so a duplicate
     dispatch renders nothing twice.
     """
-    if job.status is JobStatus.QUEUED and not job.attempts:
+    if job.status is JobStatus.QUEUED and not job.attempts and job.reused_from is None:
         dispatch(rt, job, job.plan[0], 0)
         emit(rt, job, EventType.QUEUED)  # same event id: receivers see it once

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 
 from aiprod.adapters.ledger import GLOBAL, Scope
-from aiprod.domain import budget
+from aiprod.domain import budget, lifecycle
+from aiprod.domain import forecast as forecast_policy
 from aiprod.domain.apikeys import key_of_owner
 from aiprod.domain.budget import DayFigures, Threshold
-from aiprod.domain.job import Attempt, AttemptStatus, Job
+from aiprod.domain.forecast import Forecast
+from aiprod.domain.job import Attempt, AttemptStatus, Funding, Job
 from aiprod.observability.logs import log
 from aiprod.services import telemetry
 from aiprod.services.publishing import emit_budget_threshold
@@ -34,11 +36,43 @@ def key_scope(rt: Runtime, owner: str) -> Scope | None:
 
 def scopes_for(rt: Runtime, job: Job) -> list[Scope]:
     """Every limit a job's money counts against: the day's, and its API key's."""
+    return owner_scopes(rt, job.owner)
+
+
+def owner_scopes(rt: Runtime, owner: str) -> list[Scope]:
     scopes = [global_scope(rt)]
-    own = key_scope(rt, job.owner)
+    own = key_scope(rt, owner)
     if own is not None:
         scopes.append(own)
     return scopes
+
+
+def fund(rt: Runtime, job_id: str, owner: str, amount_usd: float, attempt: int) -> Funding | None:
+    """Hold a job's first attempt's money at admission, against every scope, or nothing.
+
+    One hold id per (job, try): a retried admission of the same job meets its own hold
+    (the ledger answers yes again while it is held), and a try at another amount never
+    reuses a refused hold of a different size."""
+    day = budget.ledger_day(rt.clock())
+    funding = Funding(day=day, reservation_id=f"{job_id}-funding-{attempt}",
+                      amount_usd=amount_usd)
+    if not rt.ledger.reserve(day, funding.reservation_id, budget.to_micros(amount_usd),
+                             owner_scopes(rt, owner), job_id=job_id):
+        return None
+    check_thresholds(rt, day)
+    return funding
+
+
+def release_funding(rt: Runtime, job: Job) -> bool:
+    """Give back admission's hold of a job that ended before its first attempt took it
+    (cancelled while queued, dead-lettered, ended by the watchdog). Idempotent."""
+    if not job.status.terminal or job.funding is None or not lifecycle.funding_unused(job):
+        return False
+    if rt.ledger.release(job.funding.day, job.funding.reservation_id):
+        log(logger, logging.INFO, "budget released: the job ended before rendering",
+            job_id=job.id, released_usd=job.funding.amount_usd)
+        return True
+    return False
 
 
 def reservation_id(job: Job, index: int) -> str:
@@ -58,9 +92,25 @@ def key_today(rt: Runtime, owner: str) -> DayFigures | None:
     return rt.ledger.figures(budget.ledger_day(rt.clock()), scope, scope.limit_micros)
 
 
+def forecast(rt: Runtime, figures: DayFigures, scope: str = GLOBAL) -> Forecast:
+    """Where `figures`' day is heading at the recent spend rate (aiprod.domain.forecast)."""
+    return forecast_policy.forecast(rt.clock(), figures.limit_micros, figures.committed_micros,
+                                    rt.ledger.hourly_spent(figures.day, scope))
+
+
+def key_forecast(rt: Runtime, owner: str, figures: DayFigures) -> Forecast | None:
+    scope = key_scope(rt, owner)
+    return forecast(rt, figures, scope.name) if scope is not None else None
+
+
 def reserve(rt: Runtime, job: Job, index: int, amount_usd: float) -> str | None:
-    """Hold the attempt's estimate; the ledger day it was held on, or None if it cannot fit."""
+    """Hold the attempt's estimate; the ledger day it was held on, or None if it cannot fit.
+    A first attempt on admission's hold needs no call: the job was stored only once the
+    ledger granted it, and only the job's end (or a job that was never stored) gives it
+    back."""
     day = job.attempts[index].reservation_day or budget.ledger_day(rt.clock())
+    if lifecycle.uses_funding(job, index):
+        return day
     held = rt.ledger.reserve(day, reservation_id(job, index), budget.to_micros(amount_usd),
                              scopes_for(rt, job), job_id=job.id)
     if held:
@@ -89,9 +139,10 @@ def close(rt: Runtime, job: Job, index: int) -> bool:
 
 
 def release_unsent(rt: Runtime, job: Job, index: int) -> None:
-    """Give back a hold whose attempt never called the provider."""
+    """Give back a hold whose attempt never called the provider. Admission's hold stays:
+    the redelivery that claims the attempt again uses it."""
     day = job.attempts[index].reservation_day
-    if day is not None:
+    if day is not None and not lifecycle.uses_funding(job, index):
         rt.ledger.release(day, reservation_id(job, index))
 
 
@@ -99,7 +150,10 @@ def check_thresholds(rt: Runtime, day: str) -> Threshold:
     """Announce the day's warning and critical thresholds, once each."""
     figures = rt.ledger.figures(day, global_scope(rt),
                                 budget.to_micros(rt.settings.daily_budget_warn_usd))
-    telemetry.budget_level(figures, today=budget.ledger_day(rt.clock()))
+    today = budget.ledger_day(rt.clock())
+    telemetry.budget_level(figures, today=today)
+    if day == today:
+        telemetry.budget_forecast(forecast(rt, figures))
     level = figures.threshold
     if level is not Threshold.OK and rt.ledger.first_crossing(day, level.value):
         log(logger, logging.WARNING if level is Threshold.WARNING else logging.ERROR,

@@ -49,10 +49,12 @@ def cancel_job(rt: Runtime, job_id: str) -> Job | None:
         # either (the API is not retried for us) leaves nothing behind when repeated.
         for index in range(len(job.attempts)):
             budget.close(rt, job, index)
+        budget.release_funding(rt, job)
         request_stop(rt, job)
         raise NotCancellable(job)
     if outcome.open_attempt is not None:
         budget.close(rt, job, outcome.open_attempt)
+    budget.release_funding(rt, job)
     request_stop(rt, job)
     log(logger, logging.INFO, "job cancelled", job_id=job.id)
     telemetry.ended(job)

@@ -55,6 +55,7 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
     log(logger, logging.ERROR, reason, job_id=job.id, changed=changed)
     for index in range(len(job.attempts)):
         budget.close(rt, job, index)  # release, or settle what the provider may have billed
+    budget.release_funding(rt, job)
     request_stop(rt, job)  # a running task is stopped (and its charge settled) by its backend
     if changed:
         telemetry.ended(job)

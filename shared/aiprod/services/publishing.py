@@ -49,6 +49,10 @@ def emit(rt: Runtime, job: Job, event_type: EventType, attempt: int | None = Non
 
 def emit_terminal(rt: Runtime, job: Job) -> None:
     emit(rt, job, TERMINAL_EVENTS[job.status])
+    if job.reuse_key is not None:  # every end is announced here: its followers end too
+        from aiprod.services import reuse  # reuse publishes through this module
+
+        reuse.leader_ended(rt, job)
 
 
 def emit_rejected(rt: Runtime, job_id: str, correlation_id: str | None, reason: str,

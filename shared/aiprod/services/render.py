@@ -119,7 +119,8 @@ def _spec(rt: Runtime, backend: Backend, job: Job) -> RenderSpec:
     return RenderSpec(job_id=job.id, model=backend.model, prompt=request.prompt,
                       image_url=request.image_url, duration_seconds=request.duration_seconds,
                       aspect_ratio=request.aspect_ratio.value, audio=request.audio,
-                      image=_staged(rt, job.input_image) if job.input_image else None)
+                      image=_staged(rt, job.input_image) if job.input_image else None,
+                      seed=request.seed if backend.accepts_seed else None)
 
 
 def _staged(rt: Runtime, image: InputImage) -> StagedImage:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiprod.domain import budget
 from aiprod.domain.budget import DayFigures
+from aiprod.domain.forecast import Forecast
 from aiprod.domain.job import Job, JobStatus
 from aiprod.observability import metrics
 
@@ -84,6 +85,11 @@ def budget_level(figures: DayFigures, today: str) -> None:
     metrics.gauge("budget_spent_usd", budget.to_usd(figures.spent_micros))
     metrics.gauge("budget_reserved_usd", budget.to_usd(figures.reserved_micros))
     metrics.gauge("budget_committed_usd", budget.to_usd(figures.committed_micros))
+
+
+def budget_forecast(forecast: Forecast) -> None:
+    """Today's committed money projected to midnight UTC at the recent spend rate."""
+    metrics.gauge("budget_forecast_usd", budget.to_usd(forecast.projected_micros))
 
 
 def circuit(backend: str, state: str) -> None:

@@ -24,7 +24,7 @@ from aiprod.domain import watchdog as policy
 from aiprod.domain.job import Job
 from aiprod.domain.watchdog import Action
 from aiprod.observability.logs import log
-from aiprod.services import admission, budget, render, telemetry
+from aiprod.services import admission, budget, render, reuse, telemetry
 from aiprod.services.messages import RenderMessage
 from aiprod.services.publishing import emit_terminal, request_stop
 from aiprod.wiring.runtime import Runtime
@@ -63,6 +63,9 @@ def sweep(rt: Runtime) -> dict[str, int]:
 def redrive(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta) -> Action:
     """Act on one job the query found (its verdict is taken on the data just read;
     each action re-checks under the same claims a late delivery would meet)."""
+    if job.reused_from is not None:  # it renders nothing: it ends with the job it joined
+        reuse.settle_follower(rt, job)
+        return Action.NONE
     refusal = rt.settings.fallback_on_refusal
     verdict = policy.decide(job, now, stale, refusal)
     if verdict.action is Action.NONE:
@@ -108,6 +111,7 @@ def _end(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta, reason: s
     ended = done[0]
     for index in range(len(ended.attempts)):
         budget.close(rt, ended, index)
+    budget.release_funding(rt, ended)
     telemetry.ended(ended)
     emit_terminal(rt, ended)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,11 @@ class Settings(BaseSettings):
     # Money.
     daily_budget_usd: float = 100.0
     daily_budget_warn_usd: float = 90.0
+    # Reuse of identical requests ("reuse": "cached"): how long a succeeded render serves
+    # identical requests (keep it under the output bucket's retention), and whose
+    # requests count as identical: one API key's ("key") or everyone's ("deployment").
+    cache_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    cache_scope: Literal["key", "deployment"] = "key"
 
     # Rendering.
     poll_interval_s: float = 5.0

@@ -22,6 +22,7 @@ from aiprod.adapters.ledger import FirestoreLedger, Ledger
 from aiprod.adapters.metered import metered
 from aiprod.adapters.providers import make_provider
 from aiprod.adapters.providers.base import VideoProvider
+from aiprod.adapters.reuse import FirestoreReuseIndex, ReuseIndex
 from aiprod.adapters.stats import FirestoreStats, MemoryStats, StatsStore
 from aiprod.adapters.storage import OutputStore, output_store_for
 from aiprod.adapters.store import FirestoreJobStore, JobStore
@@ -43,6 +44,7 @@ class Runtime:
     ledger: Ledger
     health: HealthStore
     access: AccessStore  # API keys, request counters, Idempotency-Key records
+    reuse: ReuseIndex  # which job renders each identical request (reuse "cached")
     # Observed backend statistics (in memory unless wired to Firestore below).
     stats: StatsStore = field(default_factory=MemoryStats)
     clock: Callable[[], dt.datetime] = utcnow
@@ -90,5 +92,6 @@ def _build_runtime() -> Runtime:
         health=FirestoreHealth(client),
         access=FirestoreAccess(client),
         stats=FirestoreStats(client),
+        reuse=FirestoreReuseIndex(client),
         output_checks=threading.BoundedSemaphore(settings.output_checks_at_once),
     )

@@ -445,7 +445,8 @@ def _request_led_by(api: str, backend_or_provider: str,
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--api", help="API base URL (default: the local stack's).")
 def budget(as_json: bool, api: str | None) -> None:
-    """Today's budget: limit, spent, reserved, left, and the threshold reached."""
+    """Today's budget: limit, spent, reserved, left, the threshold reached, and where the
+    day is heading at the recent spend rate (the forecast)."""
     base = _api_url(api)
     figures = _check(httpx.get(f"{base}/v1/budget", headers=_headers(base), timeout=30))
     if as_json:
@@ -458,6 +459,18 @@ def budget(as_json: bool, api: str | None) -> None:
                                                       "left_usd")),
                   figures["threshold"], figures["resets_at"])
     console.print(table)
+    scopes = [("today", figures)] + ([("this API key", figures["key"])] if figures["key"]
+                                     else [])
+    for label, scope in scopes:
+        ahead = scope.get("forecast")
+        if ahead is None:
+            continue
+        reached = ahead["limit_reached_at"]
+        console.print(
+            f"forecast {label}: {ahead['projected_usd']:.2f} USD of {scope['limit_usd']:.2f} "
+            f"by 00:00 UTC at {ahead['rate_usd_per_hour']:.2f} USD/h; "
+            + (f"[red]the limit is reached at {reached}[/red]" if reached
+               else "the limit is not reached today"))
 
 
 # -- slo -----------------------------------------------------------------------------

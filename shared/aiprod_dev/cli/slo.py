@@ -53,7 +53,8 @@ def slo_command(as_json: bool, monitoring_path: Path, since: str | None, project
     oldest = now - slo.widest_window(spec)
     jobs = slo.read_jobs(client, max(oldest, start) if start else oldest)
     source = slo.JobRecords(jobs, load_catalog(), slo.read_budget(client, now),
-                            f"job records in Firestore ({where})", now)
+                            f"job records in Firestore ({where})", now,
+                            slo.read_budget_hours(client, now))
     result = slo.report(spec, source, now, start)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))

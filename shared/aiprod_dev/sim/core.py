@@ -351,7 +351,10 @@ class ProviderSim(ABC):
              "outcome": t.outcome, "prompt": t.spec.prompt, "model": t.spec.model,
              "duration": t.spec.duration_s, "ratio": t.spec.ratio,
              "created_at": iso(t.created_at), "deleted": t.deleted,
-             "image": t.spec.image_summary()}
+             "image": t.spec.image_summary(),
+             # Runway's body and Replicate's input carry it at the top, Veo's in parameters.
+             "seed": t.spec.request.get("seed",
+                                        (t.spec.request.get("parameters") or {}).get("seed"))}
             for t in self.tasks.values()])
 
     async def _reset(self, request: Request) -> Response:

@@ -155,6 +155,9 @@ class ReplicateSim(ProviderSim):
             return self._invalid_input("input.aspect_ratio", "enum",
                                        f"input.aspect_ratio must be one of the following: "
                                        f"{allowed}")
+        seed = given.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            return self._invalid_input("input.seed", "type", "Invalid type. Expected: integer")
         audio = given.get("generate_audio", False)
         if not isinstance(audio, bool):
             return self._invalid_input("input.generate_audio", "type",

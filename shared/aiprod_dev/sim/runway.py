@@ -174,6 +174,10 @@ class RunwaySim(ProviderSim):
             allowed = (f"an integer from {rule.durations[0]} to {rule.durations[-1]}"
                        if len(rule.durations) > 3 else " or ".join(map(str, rule.durations)))
             return self.bad_request(f"duration: Must be {allowed}, received {duration!r}.")
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed <= 4_294_967_295):
+            return self.bad_request("seed: Must be an integer from 0 to 4294967295.")
         sent = body.get("promptImage")
         if isinstance(sent, list):
             sent = next((i.get("uri") for i in sent if i.get("position") == "first"), None)

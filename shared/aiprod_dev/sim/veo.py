@@ -142,6 +142,10 @@ class VeoSim(ProviderSim):
         samples = params.get("sampleCount", 1)
         if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 4:
             return self.bad_request("sampleCount must be between 1 and 4.")
+        seed = params.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed <= 4_294_967_295):
+            return self.bad_request("seed must be an integer from 0 to 4294967295 (uint32).")
         resolution = params.get("resolution")
         if resolution is not None and resolution not in ("720p", "1080p"):
             return self.bad_request("resolution must be 720p or 1080p.")

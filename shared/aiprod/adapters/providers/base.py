@@ -43,6 +43,7 @@ class RenderSpec:
     aspect_ratio: str  # "16:9" | "9:16" | "1:1"
     audio: bool
     image: StagedImage | None = None  # an upload (then image_url is its uri)
+    seed: int | None = None  # set only for a backend whose catalog entry says accepts_seed
 
 
 class TaskState(StrEnum):

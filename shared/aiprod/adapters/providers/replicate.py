@@ -115,6 +115,8 @@ class ReplicateProvider:
                                   "generate_audio": spec.audio}
         if spec.prompt:
             inputs["prompt"] = spec.prompt
+        if spec.seed is not None:
+            inputs["seed"] = spec.seed
         if spec.image is not None:
             inputs["image"] = images.staged_for_provider(
                 spec.image, provider="Replicate", inline=spec.image.size <= MAX_DATA_URI_BYTES)

@@ -107,6 +107,8 @@ class RunwayProvider(NoTaskSearch):
                                   "duration": spec.duration_seconds}
         if spec.prompt:
             params["prompt_text"] = spec.prompt
+        if spec.seed is not None:
+            params["seed"] = spec.seed
         if spec.audio and spec.model.startswith("veo3.1"):
             params["audio"] = True
         client = self._sdk()
