@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from aiprod.domain.catalog import Mode
+from aiprod.domain.catalog import DEFAULT_RESOLUTION, Mode, Resolution
 
 MAX_PROMPT_CHARS = 5000  # the widest provider limit; per-backend limits apply in routing
 MAX_IMAGE_URL_CHARS = 28_000_000  # a 20 MiB image as base64, within a 32 MB request
@@ -64,6 +64,9 @@ class JobRequest(BaseModel):
     image_url: Annotated[str, StringConstraints(max_length=MAX_IMAGE_URL_CHARS)] | None = None
     duration_seconds: int = Field(default=5, ge=1, le=60)
     aspect_ratio: AspectRatio = AspectRatio.LANDSCAPE
+    # The shorter side of the frame: routing keeps the backends that render it, and
+    # the output check fails a video smaller than asked for.
+    resolution: Resolution = DEFAULT_RESOLUTION
     audio: bool = False
     min_quality: float = Field(default=0.0, ge=0, le=1)
     max_cost_usd: float | None = Field(default=None, gt=0, le=10_000)

@@ -43,6 +43,7 @@ class RenderSpec:
     aspect_ratio: str  # "16:9" | "9:16" | "1:1"
     audio: bool
     image: StagedImage | None = None  # an upload (then image_url is its uri)
+    resolution: str = "720p"  # "720p" | "768p" | "1080p": the frame's shorter side
 
 
 class TaskState(StrEnum):
