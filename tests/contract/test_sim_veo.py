@@ -21,6 +21,7 @@ from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState,
 from aiprod.adapters.providers.veo import api_error, operation_error
 from aiprod.domain.job import ErrorClass
 from aiprod_dev.sim import control
+from aiprod_dev.sim.core import SIM_FPS
 from aiprod_dev.sim.testing import catalog_backend, provider_settings
 
 PROVIDER = "veo"
@@ -84,7 +85,7 @@ def test_sdk_generate_then_poll_returns_inline_video(sdk: genai.Client, sim: str
     assert video.mime_type == "video/mp4"
     assert video.video_bytes is not None
     info = probe_video(video.video_bytes)
-    assert (info.width, info.height, info.frames) == (144, 256, 144)
+    assert (info.width, info.height, info.frames) == (720, 1280, 6 * SIM_FPS)  # 720p, the default
     stats = control.stats(sim)
     assert (stats["requests"], stats["creates"], stats["polls"]) == (1, 1, 1)
 
@@ -164,7 +165,7 @@ def test_client_success_downloads_the_inline_video(sim: str, tmp_path: Path) -> 
     assert status.output_url is None
     provider.download(status, tmp_path / "v.mp4")
     info = probe_video(tmp_path / "v.mp4")
-    assert (info.width, info.height, info.frames) == (256, 144, 192)
+    assert (info.width, info.height, info.frames) == (1280, 720, 8 * SIM_FPS)
 
 
 def test_client_image_to_video_from_a_data_uri(sim: str) -> None:
@@ -278,3 +279,20 @@ def test_client_connection_refused_is_transient() -> None:
         _provider(f"http://127.0.0.1:{port}").create(_spec())
     assert (caught.value.error_class, caught.value.code) == (ErrorClass.TRANSIENT,
                                                              "connection_error")
+
+
+@pytest.mark.parametrize(("model", "ratio", "size"), [
+    ("veo-3.1-generate-001", "16:9", (1920, 1080)),       # the premium model (veo-31)
+    ("veo-3.1-fast-generate-001", "9:16", (1080, 1920)),
+])
+def test_client_asks_for_1080p_and_gets_1080p(sim: str, tmp_path: Path, model: str,
+                                               ratio: str, size: tuple[int, int]) -> None:
+    provider = _provider(sim)
+    task_id = provider.create(_spec(model=model, aspect_ratio=ratio, resolution="1080p"))
+    (task,) = control.tasks(sim)
+    assert task["model"] == model
+    status = provider.poll(task_id)
+    assert status.state is TaskState.SUCCEEDED
+    provider.download(status, tmp_path / "v.mp4")
+    info = probe_video(tmp_path / "v.mp4")
+    assert (info.width, info.height, info.frames) == (*size, 4 * SIM_FPS)

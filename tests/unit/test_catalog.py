@@ -5,7 +5,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from aiprod.domain.catalog import ModelInputs, Mode, Resolution, parse_catalog
+from aiprod.domain.catalog import Mode, ModelInputs, Resolution, parse_catalog
 from aiprod.wiring.config import load_catalog
 
 
