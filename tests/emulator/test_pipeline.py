@@ -72,7 +72,7 @@ def test_every_backend_failing_fails_the_job_with_each_reason(local: LocalStack)
 
     assert done["status"] == "FAILED"
     assert [a["backend"] for a in done["attempts"]] == done["plan"]
-    assert len(done["plan"]) == 3
+    assert len(done["plan"]) == 4  # gen4.5, Veo 3.1 Fast, Seedance, Veo 3.1
     for attempt in done["attempts"]:
         assert attempt["status"] == "FAILED"
         assert attempt["error"]["class"] in {"backend", "transient"}

@@ -32,13 +32,16 @@ from starlette.types import Receive, Scope, Send
 
 from aiprod.adapters import media
 
-FaultMode = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow", "blank"]
+FaultMode = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow", "blank",
+                    "lowres"]
 # What a create call can end as: a fault mode, or refused before any fault is drawn.
 Outcome = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow", "blank",
-                  "invalid", "unauthenticated"]
+                  "lowres", "invalid", "unauthenticated"]
 # The modes that create a provider task (the others answer the create call with an error).
-# `blank` succeeds with a video of flat black frames (a broken render).
-TASK_MODES: frozenset[str] = frozenset({"ok", "moderation", "fail", "hang", "slow", "blank"})
+# `blank` succeeds with a video of flat black frames (a broken render); `lowres` with a
+# smaller frame than asked for (a 1080p request answered at 720p).
+TASK_MODES: frozenset[str] = frozenset({"ok", "moderation", "fail", "hang", "slow", "blank",
+                                        "lowres"})
 Phase = Literal["pending", "running", "succeeded", "moderation", "fail", "cancelled"]
 
 DEFAULT_LATENCY_S = 1.0
@@ -309,8 +312,10 @@ class ProviderSim(ABC):
         """The task's rendered MP4, made once per (duration, ratio, size) in a worker
         thread, at the size the provider renders (a short clip: tests stay fast)."""
         spec = task.spec
-        key = (spec.duration_s, spec.render_ratio, spec.render_short_side,
-               task.outcome == "blank")
+        short_side = spec.render_short_side
+        if task.outcome == "lowres":
+            short_side = short_side * 2 // 3  # 1080p -> 720p, 720p -> 480p
+        key = (spec.duration_s, spec.render_ratio, short_side, task.outcome == "blank")
         async with self._video_lock:
             if key not in self._videos:
                 self._videos[key] = await run_in_threadpool(functools.partial(
