@@ -35,7 +35,9 @@ def sdk(sim: str) -> Client:
     return Client(api_token=TOKEN, base_url=sim)
 
 
-def _provider(sim: str, create_timeout_s: float = 5.0) -> VideoProvider:
+def _provider(sim: str, create_timeout_s: float = 30.0) -> VideoProvider:
+    """A client on the simulator (30 s: a poll or download may wait for the clip to
+    be made, which takes seconds at 720p and up on a busy machine)."""
     return make_provider(catalog_backend("replicate"),
                          provider_settings("replicate", sim, create_timeout_s=create_timeout_s))
 

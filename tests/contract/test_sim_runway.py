@@ -40,7 +40,9 @@ def sdk(sim: str) -> RunwayML:
     return RunwayML(api_key=KEY, base_url=sim, max_retries=0)
 
 
-def _provider(sim: str, create_timeout_s: float = 5.0) -> VideoProvider:
+def _provider(sim: str, create_timeout_s: float = 30.0) -> VideoProvider:
+    """A client on the simulator (30 s: a poll or download may wait for the clip to
+    be made, which takes seconds at 720p and up on a busy machine)."""
     return make_provider(catalog_backend("runway"),
                          provider_settings("runway", sim, create_timeout_s=create_timeout_s))
 

@@ -37,7 +37,9 @@ def sdk(sim: str) -> genai.Client:
                         http_options=types.HttpOptions(base_url=sim))
 
 
-def _provider(sim: str, create_timeout_s: float = 5.0) -> VideoProvider:
+def _provider(sim: str, create_timeout_s: float = 30.0) -> VideoProvider:
+    """A client on the simulator (30 s: a poll or download may wait for the clip to
+    be made, which takes seconds at 720p and up on a busy machine)."""
     return make_provider(catalog_backend("veo"),
                          provider_settings("veo", sim, create_timeout_s=create_timeout_s))
 
@@ -122,8 +124,8 @@ def test_rest_v1_paths_are_served_too(sim: str) -> None:
         "parameters": {"durationSeconds": 8, "aspectRatio": "16:9", "sampleCount": 2}})
     assert created.status_code == 200
     name = created.json()["name"]
-    fetched = httpx.post(f"{base}:fetchPredictOperation", headers=headers,
-                         json={"operationName": name}).json()
+    fetched = httpx.post(f"{base}:fetchPredictOperation", headers=headers, timeout=60,
+                         json={"operationName": name}).json()  # renders the clips first
     assert fetched["done"] is True
     assert fetched["response"]["@type"] == (
         "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse")
