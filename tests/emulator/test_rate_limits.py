@@ -15,8 +15,8 @@ from google.cloud import firestore
 
 from aiprod.adapters.access import RATE_LIMITS, FirestoreAccess
 from aiprod.domain.apikeys import Principal
+from aiprod.domain.problems import Problem
 from aiprod.domain.ratelimit import shard_quotas
-from aiprod.http.problems import Problem
 from aiprod.services.access import RateLimiter, check_rate
 from tests.conftest import LocalStack
 

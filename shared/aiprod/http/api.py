@@ -27,8 +27,8 @@ from aiprod.domain import routing
 from aiprod.domain.apikeys import Principal
 from aiprod.domain.health import healthy
 from aiprod.domain.job import MAX_IMAGE_URL_CHARS, Job, JobRequest
+from aiprod.domain.problems import PROBLEM_CONTENT_TYPE, Problem, invalid_request, malformed_json
 from aiprod.domain.views import public_job
-from aiprod.http.problems import PROBLEM_CONTENT_TYPE, Problem, invalid_request, malformed_json
 from aiprod.services import access, admission, budget
 from aiprod.services import cancel as cancellation
 from aiprod.wiring.runtime import Runtime

@@ -19,9 +19,9 @@ from werkzeug.exceptions import HTTPException, TooManyRequests
 
 from aiprod.domain import routing
 from aiprod.domain.job import JobRequest, same_request
+from aiprod.domain.problems import invalid_request
 from aiprod.http import api as rest
 from aiprod.http.openapi import JOB_REQUEST_SCHEMA_ID
-from aiprod.http.problems import invalid_request
 from aiprod.observability import logs, tracing
 from aiprod.observability.logs import log
 from aiprod.services import admission, messages, telemetry, webhooks

@@ -28,7 +28,7 @@ from aiprod.adapters.access import AccessStore, IdempotencyRecord
 from aiprod.domain import ratelimit
 from aiprod.domain.apikeys import ApiKey, Principal, hash_key, key_id_of, matches, new_key
 from aiprod.domain.job import JobRequest
-from aiprod.http.problems import Problem
+from aiprod.domain.problems import Problem
 from aiprod.wiring.runtime import Runtime
 
 IDEMPOTENCY_TTL = dt.timedelta(hours=24)

@@ -1,5 +1,7 @@
 """RFC 9457 problem details: every API error has a stable `type`, a `title`, a
-human `detail`, and where it applies the offending field(s)."""
+human `detail`, and where it applies the offending field(s).
+
+Pure data, so services raise them and aiprod.http renders them (problem+json)."""
 
 from __future__ import annotations
 
