@@ -27,6 +27,7 @@ from aiprod_dev.localstack import control
 from aiprod_dev.localstack.processes import ManagedProcess, free_port
 from capacity import measure as capacity
 from metrics_overhead import measure as metrics_overhead
+from output_check import measure as output_check
 from rate_limits import measure as rate_limits
 
 HERE = Path(__file__).resolve().parent
@@ -279,6 +280,7 @@ def main() -> None:
     # Bursts over the deployment's capacity, and renders in flight on one process
     # (capacity.py: stacks of their own).
     report["capacity"] = capacity()
+    report["output_check"] = output_check()
     print(json.dumps(report, indent=2))
 
 

@@ -403,8 +403,8 @@ class FakeReuseIndex:
 # -- providers -----------------------------------------------------------------------------
 @functools.cache
 def sample_video(duration_s: float, aspect_ratio: str = "16:9", blank: bool = False) -> bytes:
-    """A real MP4 (made once per process): what the output check decodes."""
-    return media.render_test_video(duration_s, aspect_ratio, fps=8, height=72, blank=blank)
+    """A real 720p MP4 (made once per process): what the output check decodes."""
+    return media.render_test_video(duration_s, aspect_ratio, fps=8, height=720, blank=blank)
 
 
 Outcome = str | ProviderError | BaseException

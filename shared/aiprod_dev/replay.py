@@ -1,7 +1,8 @@
 """`aiprod replay`: routing policies against a simulated world, in-process, in seconds.
 
 A trace is JSON lines, one job each: `{"at_s": 12.5, "request": {<POST /v1/jobs body>}}`.
-A profile is YAML, one entry per catalog backend: `success` (the chance a render
+A profile is YAML, one entry per backend of the world (any catalog backends; routing
+chooses among those the profile names): `success` (the chance a render
 succeeds), `charged_on_failure` (the chance a failure is billed anyway), `quality`
 (`{mean, sd}` of the output score), `latency_s` (`{p50, p95}`, log-normal), and
 optional `changes: [{at_s, <any of those>}]` for drift.
@@ -137,12 +138,18 @@ def load_profile(path: Path, catalog: Catalog) -> dict[str, BackendWorld]:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected one entry per backend")
-    missing = set(catalog.names) - set(raw)
     unknown = set(raw) - set(catalog.names)
-    if missing or unknown:
-        raise ValueError(f"{path}: the profile must have one entry per catalog backend "
-                         f"(missing {sorted(missing)}, unknown {sorted(unknown)})")
-    return {name: BackendWorld.model_validate(raw[name]) for name in catalog.names}
+    if unknown or not raw:
+        raise ValueError(f"{path}: the profile names catalog backends, at least one "
+                         f"(unknown {sorted(unknown)})")
+    return {name: BackendWorld.model_validate(raw[name]) for name in catalog.names
+            if name in raw}
+
+
+def profiled(catalog: Catalog, profile: Mapping[str, BackendWorld]) -> Catalog:
+    """The catalog of the profile's world: its backends only, in catalog order."""
+    return catalog.model_copy(update={"backends": tuple(
+        b for b in catalog.backends if b.name in profile)})
 
 
 class World:
@@ -265,7 +272,8 @@ def hindsight(jobs: Sequence[TraceJob], catalog: Catalog, world: World) -> Resul
         for order, backend in enumerate(catalog.backends):
             if routing.capability_problem(backend, request) is not None:
                 continue
-            price = estimate_usd(backend, request.duration_seconds, request.audio)
+            price = estimate_usd(backend, request.duration_seconds, request.audio,
+                                 request.resolution)
             if request.max_cost_usd is not None and price > request.max_cost_usd:
                 continue
             outcome = world.outcome(index, job, backend.name)
@@ -311,5 +319,6 @@ def replay(jobs: Sequence[TraceJob], profile: Mapping[str, BackendWorld], catalo
            seed: int, min_samples: int, window_s: float = 24 * 3600.0,
            bucket_s: int = 3600) -> Replay:
     world = World(profile, seed)
+    catalog = profiled(catalog, profile)
     return Replay({name: run_policy(name, jobs, catalog, world, min_samples, window_s, bucket_s)
                    for name in POLICIES}, hindsight(jobs, catalog, world))

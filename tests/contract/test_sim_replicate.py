@@ -19,6 +19,7 @@ from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState,
 from aiprod.adapters.providers.replicate import failure_class
 from aiprod.domain.job import ErrorClass
 from aiprod_dev.sim import control
+from aiprod_dev.sim.core import SIM_FPS
 from aiprod_dev.sim.testing import catalog_backend, provider_settings
 
 PROVIDER = "replicate"
@@ -34,7 +35,9 @@ def sdk(sim: str) -> Client:
     return Client(api_token=TOKEN, base_url=sim)
 
 
-def _provider(sim: str, create_timeout_s: float = 5.0) -> VideoProvider:
+def _provider(sim: str, create_timeout_s: float = 30.0) -> VideoProvider:
+    """A client on the simulator (30 s: a poll or download may wait for the clip to
+    be made, which takes seconds at 720p and up on a busy machine)."""
     return make_provider(catalog_backend("replicate"),
                          provider_settings("replicate", sim, create_timeout_s=create_timeout_s))
 
@@ -65,7 +68,7 @@ def test_sdk_create_then_get_succeeds_with_a_playable_output(sdk: Client, sim: s
     assert "predict_time" in done.metrics
     assert done.completed_at is not None
     info = probe_video(httpx.get(done.output).content)
-    assert (info.width, info.height, info.frames) == (144, 256, 120)
+    assert (info.width, info.height, info.frames) == (720, 1280, 5 * SIM_FPS)  # 720p, the default
     stats = control.stats(sim)
     assert (stats["requests"], stats["creates"], stats["polls"]) == (1, 1, 1)
 
@@ -149,7 +152,7 @@ def test_client_success_downloads_the_video(sim: str, tmp_path: Path) -> None:
     assert status.state is TaskState.SUCCEEDED
     provider.download(status, tmp_path / "v.mp4")
     info = probe_video(tmp_path / "v.mp4")
-    assert (info.width, info.height, info.frames) == (144, 144, 72)
+    assert (info.width, info.height, info.frames) == (720, 720, 3 * SIM_FPS)
     (task,) = control.tasks(sim)
     assert (task["model"], task["ratio"], task["duration"]) == (MODEL, "1:1", 3)
 
@@ -161,8 +164,8 @@ def test_client_sends_the_models_inputs(sim: str) -> None:
     assert response.json()[0]["prompt"] == "a heron takes off"
     prediction = Client(api_token=TOKEN, base_url=sim).predictions.get(response.json()[0]["id"])
     assert prediction.input == {"prompt": "a heron takes off", "duration": 5,
-                                "aspect_ratio": "16:9", "generate_audio": True,
-                                "image": "https://example.com/heron.png"}
+                                "aspect_ratio": "16:9", "resolution": "720p",
+                                "generate_audio": True, "image": "https://example.com/heron.png"}
 
 
 @pytest.mark.parametrize(("mode", "error_class", "code"), [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,8 +25,9 @@ from aiprod.adapters.providers.base import (
 )
 from aiprod.adapters.providers.runway import failure_class
 from aiprod.domain.job import ErrorClass
-from aiprod.wiring.config import Settings
+from aiprod.wiring.config import Settings, load_catalog
 from aiprod_dev.sim import control
+from aiprod_dev.sim.core import SIM_FPS
 from aiprod_dev.sim.testing import catalog_backend, provider_settings
 
 PROVIDER = "runway"
@@ -38,7 +40,9 @@ def sdk(sim: str) -> RunwayML:
     return RunwayML(api_key=KEY, base_url=sim, max_retries=0)
 
 
-def _provider(sim: str, create_timeout_s: float = 5.0) -> VideoProvider:
+def _provider(sim: str, create_timeout_s: float = 30.0) -> VideoProvider:
+    """A client on the simulator (30 s: a poll or download may wait for the clip to
+    be made, which takes seconds at 720p and up on a busy machine)."""
     return make_provider(catalog_backend("runway"),
                          provider_settings("runway", sim, create_timeout_s=create_timeout_s))
 
@@ -68,7 +72,7 @@ def test_sdk_text_to_video_succeeds_with_a_playable_output(sdk: RunwayML, sim: s
     assert response.headers["content-type"] == "video/mp4"
     assert int(response.headers["content-length"]) == len(response.content)
     info = probe_video(response.content)
-    assert (info.width, info.height, info.frames) == (256, 144, 120)
+    assert (info.width, info.height, info.frames) == (1280, 720, 5 * SIM_FPS)
     stats = control.stats(sim)
     assert (stats["requests"], stats["creates"], stats["polls"]) == (1, 1, 1)
     assert stats["by_outcome"]["ok"] == 1
@@ -81,7 +85,7 @@ def test_sdk_image_to_video_square(sdk: RunwayML) -> None:
     task = sdk.tasks.retrieve(created.id)
     assert task.status == "SUCCEEDED"
     info = probe_video(httpx.get(task.output[0]).content)
-    assert (info.width, info.height, info.frames) == (144, 144, 48)
+    assert (info.width, info.height, info.frames) == (960, 960, 2 * SIM_FPS)  # `ratio` is the size
 
 
 def test_sdk_sees_pending_then_running_then_cancelled(sdk: RunwayML, sim: str) -> None:
@@ -158,7 +162,7 @@ def test_client_success_reports_cost_and_downloads_the_video(sim: str, tmp_path:
     assert status.cost_usd == pytest.approx(0.60)
     dest = tmp_path / "out" / "video.mp4"
     provider.download(status, dest)
-    assert probe_video(dest).frames == 120
+    assert probe_video(dest).frames == 5 * SIM_FPS
     assert list(dest.parent.iterdir()) == [dest]  # no partial file left behind
 
 
@@ -349,3 +353,27 @@ def test_a_seed_reaches_the_provider_and_none_is_sent_without_one(sim: str) -> N
     tasks = {t["id"]: t for t in httpx.get(f"{sim}/_sim/tasks", timeout=10).json()}
     assert tasks[with_seed]["seed"] == 4_294_967_295
     assert tasks[without]["seed"] is None
+
+
+def test_client_animates_an_image_with_gen4_turbo(sim: str, tmp_path: Path) -> None:
+    provider = make_provider(load_catalog().get("runway-gen4-turbo"),
+                             provider_settings("runway", sim))
+    status = provider.poll(provider.create(_spec(
+        model="gen4_turbo", prompt=None, image_url="https://example.com/fox.png",
+        aspect_ratio="9:16", duration_seconds=2)))
+    assert status.state is TaskState.SUCCEEDED
+    provider.download(status, tmp_path / "v.mp4")
+    info = probe_video(tmp_path / "v.mp4")
+    assert (info.width, info.height, info.frames) == (720, 1280, 2 * SIM_FPS)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"model": "gen4_turbo"}, "model: Invalid discriminator value"),  # no text-only renders
+    ({"resolution": "1080p"}, "ratio: Invalid enum value"),  # gen4.5 renders 720p only
+])
+def test_what_runway_models_do_not_render_is_invalid_input(sim: str, changes: dict[str, Any],
+                                                           message: str) -> None:
+    with pytest.raises(ProviderError) as caught:
+        _provider(sim).create(_spec(**changes))
+    assert caught.value.error_class is ErrorClass.INVALID_INPUT
+    assert message in caught.value.message

@@ -21,6 +21,7 @@ from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState,
 from aiprod.adapters.providers.veo import api_error, operation_error
 from aiprod.domain.job import ErrorClass
 from aiprod_dev.sim import control
+from aiprod_dev.sim.core import SIM_FPS
 from aiprod_dev.sim.testing import catalog_backend, provider_settings
 
 PROVIDER = "veo"
@@ -36,7 +37,9 @@ def sdk(sim: str) -> genai.Client:
                         http_options=types.HttpOptions(base_url=sim))
 
 
-def _provider(sim: str, create_timeout_s: float = 5.0) -> VideoProvider:
+def _provider(sim: str, create_timeout_s: float = 30.0) -> VideoProvider:
+    """A client on the simulator (30 s: a poll or download may wait for the clip to
+    be made, which takes seconds at 720p and up on a busy machine)."""
     return make_provider(catalog_backend("veo"),
                          provider_settings("veo", sim, create_timeout_s=create_timeout_s))
 
@@ -84,7 +87,7 @@ def test_sdk_generate_then_poll_returns_inline_video(sdk: genai.Client, sim: str
     assert video.mime_type == "video/mp4"
     assert video.video_bytes is not None
     info = probe_video(video.video_bytes)
-    assert (info.width, info.height, info.frames) == (144, 256, 144)
+    assert (info.width, info.height, info.frames) == (720, 1280, 6 * SIM_FPS)  # 720p, the default
     stats = control.stats(sim)
     assert (stats["requests"], stats["creates"], stats["polls"]) == (1, 1, 1)
 
@@ -121,8 +124,8 @@ def test_rest_v1_paths_are_served_too(sim: str) -> None:
         "parameters": {"durationSeconds": 8, "aspectRatio": "16:9", "sampleCount": 2}})
     assert created.status_code == 200
     name = created.json()["name"]
-    fetched = httpx.post(f"{base}:fetchPredictOperation", headers=headers,
-                         json={"operationName": name}).json()
+    fetched = httpx.post(f"{base}:fetchPredictOperation", headers=headers, timeout=60,
+                         json={"operationName": name}).json()  # renders the clips first
     assert fetched["done"] is True
     assert fetched["response"]["@type"] == (
         "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse")
@@ -164,7 +167,7 @@ def test_client_success_downloads_the_inline_video(sim: str, tmp_path: Path) -> 
     assert status.output_url is None
     provider.download(status, tmp_path / "v.mp4")
     info = probe_video(tmp_path / "v.mp4")
-    assert (info.width, info.height, info.frames) == (256, 144, 192)
+    assert (info.width, info.height, info.frames) == (1280, 720, 8 * SIM_FPS)
 
 
 def test_client_image_to_video_from_a_data_uri(sim: str) -> None:
@@ -291,3 +294,20 @@ def test_a_seed_reaches_the_provider_and_none_is_sent_without_one(sim: str) -> N
     with_seed, without = (name.rsplit("/", 1)[-1] for name in (with_seed, without))
     assert tasks[with_seed]["seed"] == 4_294_967_295
     assert tasks[without]["seed"] is None
+
+
+@pytest.mark.parametrize(("model", "ratio", "size"), [
+    ("veo-3.1-generate-001", "16:9", (1920, 1080)),       # the premium model (veo-31)
+    ("veo-3.1-fast-generate-001", "9:16", (1080, 1920)),
+])
+def test_client_asks_for_1080p_and_gets_1080p(sim: str, tmp_path: Path, model: str,
+                                               ratio: str, size: tuple[int, int]) -> None:
+    provider = _provider(sim)
+    task_id = provider.create(_spec(model=model, aspect_ratio=ratio, resolution="1080p"))
+    (task,) = control.tasks(sim)
+    assert task["model"] == model
+    status = provider.poll(task_id)
+    assert status.state is TaskState.SUCCEEDED
+    provider.download(status, tmp_path / "v.mp4")
+    info = probe_video(tmp_path / "v.mp4")
+    assert (info.width, info.height, info.frames) == (*size, 4 * SIM_FPS)

@@ -134,12 +134,16 @@ def test_a_busy_last_backend_hands_the_job_back_instead_of_failing_it(
     Run's own), Pub/Sub redelivers, and the job renders once a slot frees, instead of
     ending FAILED with backend_busy."""
     from aiprod.adapters.health import FirestoreHealth
-    from aiprod.domain import pricing
+    from aiprod.domain import routing
+    from aiprod.domain.job import JobRequest
     from aiprod.wiring.config import Settings, load_catalog
 
     catalog = load_catalog()
-    cheapest = min(catalog.backends, key=lambda b: pricing.estimate_usd(b, 5, False))
-    ceiling = pricing.estimate_usd(cheapest, 5, False)
+    # The cheapest backend that can render the job: under its price, no other can.
+    first = routing.plan(JobRequest(prompt="busy backend"), catalog)
+    assert isinstance(first, routing.Plan)
+    cheapest = catalog.get(first.backends[0])
+    ceiling = first.estimated_cost_usd
     health = FirestoreHealth(local.firestore())
     now = dt.datetime.now(dt.UTC)
     slots = [health.take_slot(cheapest.name, f"test-holder-{n}", Settings().circuit_strikes,

@@ -60,7 +60,9 @@ def sent_image(stack: LocalStack, provider: str, prompt: str) -> dict[str, objec
 
 def test_an_uploaded_image_reaches_the_provider_unchanged(local: LocalStack) -> None:
     prompt = "the fox in this picture starts running"
-    job = local.submit(prompt=prompt, image_url=as_data_uri(IMAGE, "image/png"))
+    # min_quality 0.8 passes over gen4_turbo (0.78), cheaper, to the Replicate model.
+    job = local.submit(prompt=prompt, image_url=as_data_uri(IMAGE, "image/png"),
+                       min_quality=0.8)
     assert job["plan"][0] == "replicate-seedance"
 
     done = local.wait(job["id"])
@@ -127,7 +129,7 @@ def test_an_upload_larger_than_the_json_cap_is_accepted_over_rest(local: LocalSt
     reply = httpx.post(f"{local.api}/v1/jobs", headers=local.auth, timeout=30, json={
         "prompt": prompt, "image_url": as_data_uri(big, "image/png")})
     assert reply.status_code == 201, reply.text
-    assert reply.json()["plan"] == ["runway-gen45"]
+    assert reply.json()["plan"] == ["runway-gen4-turbo", "runway-gen45"]
     assert local.wait(reply.json()["id"])["status"] == "SUCCEEDED"
     assert sent_image(local, "runway", prompt)["sha256"] == hashlib.sha256(big).hexdigest()
 
@@ -195,7 +197,7 @@ def test_a_multi_mb_upload_reaches_veo_as_bytes(local: LocalStack) -> None:
         "prompt": prompt, "image_url": as_data_uri(image, "image/png"),
         "duration_seconds": 6})
     assert reply.status_code == 201, reply.text
-    assert reply.json()["plan"] == ["veo-31-fast"]
+    assert reply.json()["plan"] == ["veo-31-fast", "veo-31"]
     assert_uploaded_by_reference(local, reply.json(), image)
 
     done = local.wait(reply.json()["id"], timeout=120)

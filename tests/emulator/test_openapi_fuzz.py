@@ -45,7 +45,7 @@ def test_the_live_api_keeps_its_openapi_contract(stack: LocalStack, tmp_path: Pa
         [str(SCHEMATHESIS), "--no-color", "run", f"{stack.api}/v1/openapi.json",
          "--header", f"Authorization: Bearer {key}",
          "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-         "--max-examples", "100", "--workers", "2", "--seed", SEED,
+         "--max-examples", "120", "--workers", "2", "--seed", SEED,
          "--request-timeout", "30",
          "--report", "json", "--report-json-path", str(report)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)

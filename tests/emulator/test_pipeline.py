@@ -13,6 +13,7 @@ import pytest
 from google.cloud import firestore
 
 from aiprod.adapters.media import probe_video
+from aiprod_dev.sim.core import SIM_FPS
 from tests.conftest import LocalStack
 
 pytestmark = pytest.mark.emulator
@@ -41,7 +42,7 @@ def test_a_job_renders_end_to_end_and_its_video_decodes(local: LocalStack,
     assert done["cost_usd"] == pytest.approx(6 * 0.08)
     video = probe_video(output_path(done))
     assert video.codec == "h264"
-    assert video.frames == 6 * 24
+    assert video.frames == 6 * SIM_FPS
     assert video.duration_s == pytest.approx(6, abs=0.1)
     assert video.height > video.width  # 9:16
     assert done["output"]["bytes"] == output_path(done).stat().st_size
@@ -71,7 +72,7 @@ def test_every_backend_failing_fails_the_job_with_each_reason(local: LocalStack)
 
     assert done["status"] == "FAILED"
     assert [a["backend"] for a in done["attempts"]] == done["plan"]
-    assert len(done["plan"]) == 3
+    assert len(done["plan"]) == 4  # gen4.5, Veo 3.1 Fast, Seedance, Veo 3.1
     for attempt in done["attempts"]:
         assert attempt["status"] == "FAILED"
         assert attempt["error"]["class"] in {"backend", "transient"}

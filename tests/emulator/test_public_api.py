@@ -268,8 +268,8 @@ def test_a_malformed_idempotency_key_is_a_400(local: LocalStack, value: str) -> 
     (b'{"prompt": "fox\\u0000"}', "application/json", 400, "invalid-request", "prompt"),
     (b'{"prompt": "fox", "metadata": {"k": 1}}', "application/json", 400, "invalid-request",
      "metadata.k"),
-    (json.dumps({"prompt": "f" * 2500}).encode(), "application/json", 422,
-     "rejected-unsupported", "prompt"),  # longer than every backend takes
+    (json.dumps({"prompt": "f" * 2600}).encode(), "application/json", 422,
+     "rejected-unsupported", "prompt"),  # longer than every backend takes (Kling: 2500)
     (b'{"prompt": "fox", "duration_seconds": 45}', "application/json", 422,
      "rejected-unsupported", "duration_seconds"),
     (b'{"prompt": "fox", "min_quality": 0.99}', "application/json", 422, "rejected-quality",

@@ -2,6 +2,7 @@
 
 import pytest
 
+from aiprod.domain.catalog import Resolution
 from aiprod.domain.quality import Observed, check
 
 
@@ -40,3 +41,25 @@ def test_small_flaws_pass_but_lower_the_score() -> None:
     assert 0.6 < verdict.score < 0.9
     # 0.9 * (1 - 0.5*0.1 - 0.3*0.2 - 0.2/5)
     assert verdict.score == pytest.approx(0.9 * (1 - 0.05 - 0.06 - 0.04))
+
+
+@pytest.mark.parametrize(("size", "ratio", "asked", "passed"), [
+    ((1920, 1080), "16:9", Resolution.P1080, True),
+    ((1080, 1920), "9:16", Resolution.P1080, True),
+    ((1280, 720), "16:9", Resolution.P1080, False),   # a 1080p job answered at 720p
+    ((720, 1280), "9:16", Resolution.P720, True),
+    ((960, 960), "1:1", Resolution.P720, True),       # Runway's 720p square
+    ((1366, 768), "16:9", Resolution.P720, True),     # more than asked is no failure
+    ((1280, 720), "16:9", Resolution.P768, False),
+    ((1364, 766), "16:9", Resolution.P768, True),     # within 2% of 768
+])
+def test_a_frame_smaller_than_the_resolution_asked_for_fails(
+        size: tuple[int, int], ratio: str, asked: Resolution, passed: bool) -> None:
+    verdict = check(observed(width=size[0], height=size[1]), 5, ratio, 0.9, asked)
+    assert verdict.passed is passed, verdict.problems
+    if not passed:
+        assert verdict.problems == (f"is {size[0]}x{size[1]}, below {asked.value}",)
+
+
+def test_no_resolution_asked_checks_no_size() -> None:
+    assert check(observed(), 5, "16:9", 0.9, None).passed

@@ -124,9 +124,14 @@ def test_the_command_prints_the_documented_json(tmp_path: Path) -> None:
     assert json.loads(runner.invoke(main, args).output) == body  # seeded: the same world
 
 
-def test_a_profile_must_cover_the_catalog(tmp_path: Path) -> None:
+def test_a_profile_names_the_worlds_backends_and_only_catalog_ones(tmp_path: Path) -> None:
     profile = tmp_path / "p.yaml"
-    profile.write_text("runway-gen45:\n  success: 1\n  quality: {mean: 0.9}\n"
-                       "  latency_s: {p50: 1, p95: 2}\n")
-    with pytest.raises(ValueError, match="missing"):
+    one = "  success: 1\n  quality: {mean: 0.9}\n  latency_s: {p50: 1, p95: 2}\n"
+    profile.write_text("runway-gen45:\n" + one)
+    world = engine.load_profile(profile, CATALOG)
+    assert list(world) == ["runway-gen45"]
+    result = engine.replay(_trace(3), world, CATALOG, seed=1, min_samples=2).summary()
+    assert result["policies"]["catalog"]["succeeded"] == 3  # routed within the world only
+    profile.write_text("runway-gen45:\n" + one + "sora-2:\n" + one)
+    with pytest.raises(ValueError, match="unknown"):
         engine.load_profile(profile, CATALOG)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiprod.domain import routing
-from aiprod.domain.catalog import Catalog, parse_catalog
+from aiprod.domain.catalog import Catalog, Resolution, parse_catalog
 from aiprod.domain.job import JobRequest
 from aiprod.domain.pricing import estimate_usd
 from aiprod.wiring.config import load_catalog
@@ -28,13 +28,15 @@ def test_best_quality_puts_the_highest_score_first() -> None:
     plan = routing.plan(JobRequest(prompt="fox", duration_seconds=6, policy="best_quality"),
                         CATALOG)
     assert isinstance(plan, routing.Plan)
-    assert plan.backends == ["runway-gen45", "veo-31-fast", "replicate-seedance"]
+    assert plan.backends == ["runway-gen45", "veo-31", "veo-31-fast", "replicate-seedance"]
 
 
 def test_fixed_follows_the_catalog_order() -> None:
     plan = routing.plan(JobRequest(prompt="fox", duration_seconds=6, policy="fixed"), CATALOG)
     assert isinstance(plan, routing.Plan)
-    assert plan.backends == CATALOG.names
+    # Those that render 6 s of 720p from text, in catalog order.
+    assert plan.backends == ["runway-gen45", "veo-31-fast", "replicate-seedance", "veo-31"]
+    assert plan.backends == [name for name in CATALOG.names if name in plan.backends]
 
 
 def test_audio_uses_the_audio_price() -> None:
@@ -88,6 +90,7 @@ def test_quality_floor() -> None:
 
 # -- properties over random catalogs and requests -------------------------------------
 RATIOS = ["16:9", "9:16", "1:1"]
+RESOLUTIONS = ["720p", "768p", "1080p"]
 
 
 @st.composite
@@ -100,11 +103,17 @@ def catalogs(draw: st.DrawFn) -> Catalog:
         caps = {mode: {"durations": {"min": low, "max": low + draw(st.integers(0, 10))},
                        "aspect_ratios": draw(st.lists(st.sampled_from(RATIOS), min_size=1,
                                                       unique=True)),
-                       "audio": draw(st.booleans())} for mode in modes}
+                       "audio": draw(st.booleans()),
+                       "resolutions": draw(st.lists(st.sampled_from(RESOLUTIONS), min_size=1,
+                                                    unique=True))} for mode in modes}
+        offered = sorted({r for cap in caps.values() for r in cap["resolutions"]})
+        by_resolution = {r: {"usd_per_second": draw(st.floats(0.01, 1))}
+                         for r in draw(st.lists(st.sampled_from(offered), unique=True))}
         backends.append({
             "name": f"b{i}-x", "provider": draw(st.sampled_from(["runway", "veo", "replicate"])),
             "model": "m", "quality": draw(st.floats(0, 1)), "typical_latency_s": 10,
-            "price": {"usd_per_second": draw(st.floats(0.01, 1)), "source": "s", "as_of": "d"},
+            "price": {"usd_per_second": draw(st.floats(0.01, 1)), "source": "s", "as_of": "d",
+                      "by_resolution": by_resolution},
             "capabilities": caps,
             "limits": {"max_prompt_chars": 5000, "max_image_data_uri_bytes": 1000,
                        "task_timeout_s": 3600}})
@@ -115,7 +124,7 @@ requests = st.builds(
     JobRequest, prompt=st.just("p"),
     image_url=st.one_of(st.none(), st.just("https://example.com/i.png")),
     duration_seconds=st.integers(1, 25), aspect_ratio=st.sampled_from(RATIOS),
-    audio=st.booleans(), min_quality=st.floats(0, 1),
+    resolution=st.sampled_from(RESOLUTIONS), audio=st.booleans(), min_quality=st.floats(0, 1),
     max_cost_usd=st.one_of(st.none(), st.floats(0.05, 20)),
     policy=st.sampled_from(["cheapest", "best_quality", "fixed", "fastest"]))
 
@@ -131,7 +140,8 @@ def test_a_plan_never_breaks_a_constraint_and_follows_the_policy(
     if isinstance(result, routing.Rejection):
         # A rejection is only right when no backend passes every filter.
         for backend in catalog.backends:
-            cost = estimate_usd(backend, request.duration_seconds, request.audio)
+            cost = estimate_usd(backend, request.duration_seconds, request.audio,
+                                request.resolution)
             fits = (routing.capability_problem(backend, request) is None
                     and backend.quality >= request.min_quality
                     and healthy.get(backend.name, True)
@@ -144,6 +154,9 @@ def test_a_plan_never_breaks_a_constraint_and_follows_the_policy(
     for quote in result.quotes:
         backend = catalog.get(quote.backend)
         assert routing.capability_problem(backend, request) is None
+        assert request.resolution in backend.capabilities[request.mode].resolutions
+        assert quote.estimated_cost_usd == estimate_usd(
+            backend, request.duration_seconds, request.audio, request.resolution)
         assert backend.quality >= request.min_quality
         assert healthy.get(backend.name, True)
         assert request.max_cost_usd is None or quote.estimated_cost_usd <= request.max_cost_usd
@@ -197,3 +210,62 @@ def test_an_upload_is_not_blamed_when_another_field_rules_every_backend_out() ->
     assert isinstance(rejection, routing.Rejection)
     assert rejection.reason is routing.RejectionReason.UNSUPPORTED
     assert rejection.limit_bytes is None
+
+
+# -- resolution ---------------------------------------------------------------------------
+
+
+def test_a_1080p_request_goes_only_to_backends_that_render_1080p() -> None:
+    plan = routing.plan(JobRequest(prompt="fox", duration_seconds=6, resolution="1080p"),
+                        CATALOG)
+    assert isinstance(plan, routing.Plan)
+    # Runway's gen4.5 and Seedance 2.0 Fast render 720p only; Hailuo's 1080p costs more
+    # than its 768p (0.08 USD/s, not 0.045).
+    assert plan.backends == ["replicate-hailuo", "veo-31-fast", "veo-31"]
+    assert plan.quotes[0].estimated_cost_usd == 0.48
+    assert "runway-gen45" not in plan.backends
+
+
+def test_a_resolution_no_backend_renders_is_unsupported_and_says_so() -> None:
+    plan = routing.plan(JobRequest(prompt="fox", resolution="1080p"), CATALOG)
+    assert isinstance(plan, routing.Plan)  # Kling renders 5 s at 1080p
+    assert plan.backends == ["replicate-kling"]
+    rejection = routing.plan(JobRequest(prompt="fox", resolution="1080p",
+                                        duration_seconds=3), CATALOG)
+    assert isinstance(rejection, routing.Rejection)
+    assert rejection.reason is routing.RejectionReason.UNSUPPORTED
+    assert rejection.problems["runway-gen45"] == "renders 720p, not 1080p"
+    assert rejection.problems["replicate-hailuo"] == "renders 6, 10 s, not 3 s"
+
+
+def test_durations_can_be_narrower_at_one_resolution() -> None:
+    # Hailuo 02 renders 10 s at 768p, and only 6 s at 1080p.
+    at_768 = routing.plan(JobRequest(prompt="fox", duration_seconds=10, resolution="768p"),
+                          CATALOG)
+    assert isinstance(at_768, routing.Plan)
+    assert at_768.backends == ["replicate-hailuo"]
+    assert at_768.estimated_cost_usd == 0.45
+    at_1080 = routing.plan(JobRequest(prompt="fox", duration_seconds=10, resolution="1080p"),
+                           CATALOG)
+    assert isinstance(at_1080, routing.Plan)
+    assert at_1080.backends == ["replicate-kling"]
+    assert at_1080.estimated_cost_usd == 0.7
+
+
+def test_the_price_follows_the_resolution_where_the_provider_prices_by_it() -> None:
+    hailuo = CATALOG.get("replicate-hailuo")
+    assert estimate_usd(hailuo, 6, False, Resolution.P768) == 0.27
+    assert estimate_usd(hailuo, 6, False, Resolution.P1080) == 0.48
+    veo = CATALOG.get("veo-31-fast")  # Vertex prices 720p and 1080p alike
+    assert estimate_usd(veo, 8, True, Resolution.P720) == estimate_usd(
+        veo, 8, True, Resolution.P1080) == 1.2
+
+
+def test_an_image_only_backend_takes_no_text_only_request() -> None:
+    image = routing.plan(JobRequest(prompt="fox", image_url="https://example.com/i.png"),
+                         CATALOG)
+    assert isinstance(image, routing.Plan)
+    assert image.backends[0] == "runway-gen4-turbo"  # 5 credits/s
+    text = routing.plan(JobRequest(prompt="fox"), CATALOG)
+    assert isinstance(text, routing.Plan)
+    assert "runway-gen4-turbo" not in text.backends

@@ -134,7 +134,10 @@ def test_observed_quality_under_the_floor_leaves_the_plan_and_says_why() -> None
     plan = routing.plan(request, CATALOG, observed=seen, min_samples=20)
     assert isinstance(plan, routing.Plan)
     assert plan.backends == ["runway-gen45"]
-    assert plan.stages == {"veo-31-fast": "capability", "replicate-seedance": "quality"}
+    # Veo, Hailuo and Kling render no 5 s 720p clip; gen4_turbo only animates images.
+    assert plan.stages == {"veo-31-fast": "capability", "veo-31": "capability",
+                           "replicate-kling": "capability", "replicate-hailuo": "capability",
+                           "runway-gen4-turbo": "capability", "replicate-seedance": "quality"}
     assert plan.problems["replicate-seedance"] == (
         "observed quality 0.5 is below min_quality 0.6 (catalog: 0.8)")
     # It comes back when its outputs score well again.
@@ -160,12 +163,12 @@ def test_fastest_orders_by_observed_p95_else_the_catalog_latency() -> None:
     request = JobRequest(prompt="fox", duration_seconds=6, policy="fastest")
     plan = routing.plan(request, CATALOG)
     assert isinstance(plan, routing.Plan)
-    # Catalog typical latencies: Replicate 60 s, Runway 90 s, Veo 120 s.
-    assert plan.backends == ["replicate-seedance", "runway-gen45", "veo-31-fast"]
+    # Catalog typical latencies: Seedance 60 s, Runway 90 s, Veo Fast 120 s, Veo 180 s.
+    assert plan.backends == ["replicate-seedance", "runway-gen45", "veo-31-fast", "veo-31"]
     slow = {"replicate-seedance": _stats("replicate-seedance", ok=20, render_s=200.0)}
     plan = routing.plan(request, CATALOG, observed=slow, min_samples=20)
     assert isinstance(plan, routing.Plan)
-    assert plan.backends == ["runway-gen45", "veo-31-fast", "replicate-seedance"]
+    assert plan.backends == ["runway-gen45", "veo-31-fast", "veo-31", "replicate-seedance"]
     assert plan.quotes[-1].p95_s == 240.0
     assert plan.quotes[-1].latency_source == "observed"
 
@@ -175,6 +178,8 @@ def test_every_left_out_backend_names_its_stage() -> None:
                         CATALOG, {"veo-31-fast": False})
     assert isinstance(plan, routing.Plan)
     assert plan.backends == ["replicate-seedance"]
-    assert plan.stages == {"veo-31-fast": "health", "runway-gen45": "ceiling"}
+    assert plan.stages == {"veo-31-fast": "health", "runway-gen45": "ceiling",
+                           "veo-31": "ceiling", "replicate-kling": "capability",
+                           "replicate-hailuo": "capability", "runway-gen4-turbo": "capability"}
     assert plan.problems["runway-gen45"] == "costs 0.72 USD, over max_cost_usd 0.7"
     assert [s.name for s in routing.STAGES] == ["quality", "health", "ceiling", "budget"]

@@ -61,7 +61,8 @@ def test_blank_clips_move_a_backend_to_the_end_of_the_plan_and_out_of_high_floor
     _blank_then_fallback(fx, "job_2")
 
     job = admit(fx, "job_3")
-    assert job.plan == ["veo-31-fast", "runway-gen45", CHEAP]  # nothing it renders passes
+    # Its blank clips score under every other 4 s backend: it goes last.
+    assert job.plan == ["veo-31-fast", "runway-gen45", "veo-31", CHEAP]
     plan = admission.quote(fx.rt, JobRequest(prompt="fox", duration_seconds=4))
     assert isinstance(plan, routing.Plan)
     cheap = plan.quotes[-1]

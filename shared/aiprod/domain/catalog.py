@@ -4,8 +4,9 @@ Pure: reading the file is `aiprod.wiring.config.load_catalog`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -16,6 +17,22 @@ from aiprod.domain.model import Strict
 class Mode(StrEnum):
     TEXT_TO_VIDEO = "text_to_video"
     IMAGE_TO_VIDEO = "image_to_video"
+
+
+class Resolution(StrEnum):
+    """An output resolution, named by the shorter side of the frame in pixels (as
+    providers name them: "720p" is 1280x720 at 16:9 and 720x1280 at 9:16)."""
+
+    P720 = "720p"
+    P768 = "768p"
+    P1080 = "1080p"
+
+    @property
+    def short_side(self) -> int:
+        return int(self.value.removesuffix("p"))
+
+
+DEFAULT_RESOLUTION = Resolution.P720
 
 
 class Durations(Strict):
@@ -49,13 +66,87 @@ class ModeCapability(Strict):
     durations: Durations
     aspect_ratios: tuple[str, ...]
     audio: bool
+    resolutions: tuple[Resolution, ...] = (DEFAULT_RESOLUTION,)
+    # Narrower durations at some resolutions (Hailuo renders 10 s at 768p only).
+    durations_at: dict[Resolution, Durations] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_resolutions(self) -> ModeCapability:
+        stray = set(self.durations_at) - set(self.resolutions)
+        if stray:
+            raise ValueError(f"durations_at names resolutions not offered: {sorted(stray)}")
+        return self
+
+    def durations_for(self, resolution: Resolution) -> Durations:
+        return self.durations_at.get(resolution, self.durations)
 
 
-class Price(Strict):
+class Rate(Strict):
     usd_per_second: float = Field(gt=0)
     usd_per_second_with_audio: float | None = Field(default=None, gt=0)
+
+
+class Price(Rate):
     source: str
     as_of: str
+    # Where the provider prices by resolution: the rate at each resolution that
+    # differs from the base rate above.
+    by_resolution: dict[Resolution, Rate] = Field(default_factory=dict)
+
+    def rate(self, resolution: Resolution) -> Rate:
+        return self.by_resolution.get(resolution, self)
+
+
+InputValue = str | int | float | bool
+
+
+class InputField(Strict):
+    """One model input a request field fills: its name, and the model's spelling of
+    each request value where it differs (Kling: "1080p" is mode "pro")."""
+
+    name: str = Field(min_length=1)
+    values: dict[str, InputValue] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    def value(self, given: InputValue) -> InputValue:
+        if self.values is None:
+            return given
+        key = str(given).lower() if isinstance(given, bool) else str(given)
+        if key not in self.values:
+            raise ValueError(f"input {self.name} has no value for {given!r}")
+        return self.values[key]
+
+
+class ModelInputs(Strict):
+    """How a request becomes one hosted model's inputs (Replicate: each model has its
+    own input schema). A request field with no entry here is not sent; routing keeps
+    requests the model cannot honour away through `capabilities`."""
+
+    prompt: InputField | None = None
+    image: InputField | None = None
+    duration: InputField | None = None
+    aspect_ratio: InputField | None = None
+    resolution: InputField | None = None
+    audio: InputField | None = None
+    seed: InputField | None = None
+    # Inputs sent with every request (a model default AIPROD does not want).
+    constants: dict[str, InputValue] = Field(default_factory=dict)
+
+    def build(self, given: Mapping[str, InputValue | None]) -> dict[str, InputValue]:
+        """The model's input object for request values keyed by this class's field
+        names (None: not given, so not sent)."""
+        inputs: dict[str, InputValue] = dict(self.constants)
+        for field_name in ("prompt", "image", "duration", "aspect_ratio", "resolution",
+                           "audio", "seed"):
+            field: InputField | None = getattr(self, field_name)
+            value = given.get(field_name)
+            if field is not None and value is not None:
+                inputs[field.name] = field.value(value)
+        return inputs
 
 
 class Limits(Strict):
@@ -77,6 +168,23 @@ class Backend(Strict):
     price: Price
     capabilities: dict[Mode, ModeCapability]
     limits: Limits
+    # Replicate: the model's own input names (a Replicate backend without them cannot
+    # render; the other providers' APIs name their inputs once for every model).
+    inputs: ModelInputs | None = None
+
+    @model_validator(mode="after")
+    def _inputs_for_replicate(self) -> Backend:
+        if self.provider != "replicate" and self.inputs is not None:
+            raise ValueError(f"{self.name}: only Replicate backends take `inputs`")
+        if self.inputs is not None and self.accepts_seed != (self.inputs.seed is not None):
+            raise ValueError(f"{self.name}: accepts_seed must say whether `inputs` maps "
+                             "a seed")
+        offered = {r for c in self.capabilities.values() for r in c.resolutions}
+        stray = set(self.price.by_resolution) - offered
+        if stray:
+            raise ValueError(f"{self.name}: priced at resolutions it does not render: "
+                             f"{sorted(stray)}")
+        return self
 
     @property
     def topic(self) -> str:

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from aiprod.domain.catalog import Mode
+from aiprod.domain.catalog import DEFAULT_RESOLUTION, Mode, Resolution
 
 # The `$id` of schemas/job-request.v1.json, named by intake's job.rejected events.
 JOB_REQUEST_SCHEMA_ID = "urn:aiprod:schema:job-request:v1"
@@ -77,6 +77,9 @@ class JobRequest(BaseModel):
     image_url: Annotated[str, StringConstraints(max_length=MAX_IMAGE_URL_CHARS)] | None = None
     duration_seconds: int = Field(default=5, ge=1, le=60)
     aspect_ratio: AspectRatio = AspectRatio.LANDSCAPE
+    # The shorter side of the frame: routing keeps the backends that render it, and
+    # the output check fails a video smaller than asked for.
+    resolution: Resolution = DEFAULT_RESOLUTION
     audio: bool = False
     min_quality: float = Field(default=0.0, ge=0, le=1)
     max_cost_usd: float | None = Field(default=None, gt=0, le=10_000)

@@ -2,7 +2,8 @@
 
 Every output is decoded before a job may succeed (see aiprod.adapters.media.probe_video).
 A video that is mostly blank or frozen, or whose duration or aspect ratio is not
-what was asked for, fails the check: that is the backend's failure, and the job
+what was asked for, or whose frame is smaller than the resolution asked for
+(a 1080p request answered at 720p), fails the check: that is the backend's failure, and the job
 falls back. A video that passes keeps the backend's catalog quality score,
 lowered in proportion to what the check found (docs/quality.md).
 """
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aiprod.domain.catalog import Resolution
+
 DURATION_TOLERANCE_S = 0.5     # plus 5% of the requested duration
 DURATION_TOLERANCE_SHARE = 0.05
 ASPECT_TOLERANCE = 0.03        # relative difference of width/height ratios
+RESOLUTION_TOLERANCE = 0.02    # the shorter side may fall 2% short of the nominal one
 MAX_BLANK_FRACTION = 0.5       # more than half the frames one flat colour
 MAX_FROZEN_FRACTION = 0.9      # nine frames in ten identical to the previous one
 BLANK_PENALTY = 0.5            # score lost per unit of blank fraction
@@ -48,7 +52,8 @@ def _ratio(aspect_ratio: str) -> float:
 
 
 def check(observed: Observed, duration_s: int, aspect_ratio: str,
-          backend_quality: float) -> Verdict:
+          backend_quality: float, resolution: Resolution | None = None) -> Verdict:
+    """`resolution` None: any frame size passes (a caller that asked for none)."""
     problems = []
     tolerance = DURATION_TOLERANCE_S + DURATION_TOLERANCE_SHARE * duration_s
     if abs(observed.duration_s - duration_s) > tolerance:
@@ -57,6 +62,10 @@ def check(observed: Observed, duration_s: int, aspect_ratio: str,
     got = observed.width / observed.height if observed.height else 0.0
     if abs(got - wanted) / wanted > ASPECT_TOLERANCE:
         problems.append(f"is {observed.width}x{observed.height}, not {aspect_ratio}")
+    short_side = min(observed.width, observed.height)
+    if resolution is not None and \
+            short_side < resolution.short_side * (1 - RESOLUTION_TOLERANCE):
+        problems.append(f"is {observed.width}x{observed.height}, below {resolution.value}")
     if observed.blank_fraction > MAX_BLANK_FRACTION:
         problems.append(f"is blank in {observed.blank_fraction:.0%} of its frames")
     if observed.frozen_fraction > MAX_FROZEN_FRACTION:

@@ -43,7 +43,8 @@ def serves(backend: Backend, request: JobRequest) -> bool:
     if backend.quality < request.min_quality:
         return False
     return request.max_cost_usd is None or (
-        estimate_usd(backend, request.duration_seconds, request.audio) <= request.max_cost_usd)
+        estimate_usd(backend, request.duration_seconds, request.audio, request.resolution)
+        <= request.max_cost_usd)
 
 
 def reusable(original: Job, request: JobRequest, backends: Iterable[Backend],

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from aiprod.domain.catalog import Backend, Catalog
+from aiprod.domain.catalog import Backend, Catalog, ModeCapability
 from aiprod.domain.job import JobRequest, Policy
 from aiprod.domain.pricing import estimate_usd
 from aiprod.domain.stats import BackendStats, expected_cost_usd
@@ -103,6 +103,8 @@ def capability_problem(backend: Backend, request: JobRequest) -> str | None:
     if not capability.durations.allows(request.duration_seconds):
         return (f"renders {capability.durations.describe()} s, not "
                 f"{request.duration_seconds} s")
+    if (problem := resolution_problem(capability, request)) is not None:
+        return problem
     if request.aspect_ratio.value not in capability.aspect_ratios:
         return f"renders {', '.join(capability.aspect_ratios)}, not {request.aspect_ratio.value}"
     if request.audio and not capability.audio:
@@ -110,6 +112,20 @@ def capability_problem(backend: Backend, request: JobRequest) -> str | None:
     if request.prompt is not None and len(request.prompt) > backend.limits.max_prompt_chars:
         return f"takes prompts of at most {backend.limits.max_prompt_chars} characters"
     return upload_problem(backend, request)
+
+
+def resolution_problem(capability: ModeCapability, request: JobRequest) -> str | None:
+    """Why this capability cannot render the request's resolution at its duration
+    (some render long clips at a lower resolution only), or None."""
+    wanted = request.resolution
+    if wanted not in capability.resolutions:
+        return (f"renders {', '.join(r.value for r in capability.resolutions)}, "
+                f"not {wanted.value}")
+    durations = capability.durations_for(wanted)
+    if not durations.allows(request.duration_seconds):
+        return (f"renders {durations.describe()} s at {wanted.value}, not "
+                f"{request.duration_seconds} s")
+    return None
 
 
 def upload_problem(backend: Backend, request: JobRequest) -> str | None:
@@ -150,7 +166,7 @@ def quote_for(backend: Backend, request: JobRequest, observed: BackendStats | No
               min_samples: int) -> Quote:
     """The backend's figures for this request: the catalog's, replaced one by one by
     observations once each has `min_samples` samples."""
-    price = estimate_usd(backend, request.duration_seconds, request.audio)
+    price = estimate_usd(backend, request.duration_seconds, request.audio, request.resolution)
     stats = observed or BackendStats()
     quality, quality_source = backend.quality, "catalog"
     if stats.quality_n >= min_samples and stats.mean_quality is not None:

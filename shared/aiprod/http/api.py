@@ -122,6 +122,10 @@ def _rejection_field(rt: Runtime, request: JobRequest, reason: routing.Rejection
         return "duration_seconds"
     if not any(request.aspect_ratio.value in c.aspect_ratios for c in able):
         return "aspect_ratio"
+    if not any(request.resolution in c.resolutions
+               and c.durations_for(request.resolution).allows(request.duration_seconds)
+               for c in able):
+        return "resolution"
     if request.audio and not any(c.audio for c in able):
         return "audio"
     if request.prompt is not None and all(

@@ -59,7 +59,8 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
     if job is None:
         log(logger, logging.ERROR, "render message for an unknown job", job_id=message.job_id)
         return
-    estimate = pricing.estimate_usd(backend, job.request.duration_seconds, job.request.audio)
+    estimate = pricing.estimate_usd(backend, job.request.duration_seconds, job.request.audio,
+                                    job.request.resolution)
 
     def claim_on(candidate: Job) -> lifecycle.Claim:
         return lifecycle.claim_attempt(candidate, backend.name, message.attempt, delivery_id,
@@ -119,6 +120,7 @@ def _spec(rt: Runtime, backend: Backend, job: Job) -> RenderSpec:
     return RenderSpec(job_id=job.id, model=backend.model, prompt=request.prompt,
                       image_url=request.image_url, duration_seconds=request.duration_seconds,
                       aspect_ratio=request.aspect_ratio.value, audio=request.audio,
+                      resolution=request.resolution.value,
                       image=_staged(rt, job.input_image) if job.input_image else None,
                       seed=request.seed if backend.accepts_seed else None)
 
@@ -398,11 +400,12 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
             return
         billed_seconds = min(request.duration_seconds, max(1, round(info.duration_s)))
         cost = status.cost_usd if status.cost_usd is not None else pricing.estimate_usd(
-            backend, billed_seconds, request.audio)
+            backend, billed_seconds, request.audio, request.resolution)
         verdict = quality.check(
             quality.Observed(info.width, info.height, info.duration_s, info.blank_fraction,
                              info.frozen_fraction),
-            request.duration_seconds, request.aspect_ratio.value, backend.quality)
+            request.duration_seconds, request.aspect_ratio.value, backend.quality,
+            request.resolution)
         if not verdict.passed:
             failure = AttemptError(error_class=ErrorClass.OUTPUT_CHECK, code="output_check_failed",
                                    message="the output " + "; ".join(verdict.problems))

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from aiprod.domain.catalog import Resolution
 from aiprod.domain.job import TERMINAL_JOB_STATUSES
 from aiprod.wiring.config import load_catalog
 from aiprod_dev.cli.replay import replay_command
@@ -207,6 +208,8 @@ def wait_for_job(api: str, job_id: str, timeout: float = 600.0) -> dict[str, Any
 @click.option("--image-url", help="Image-to-video: https URL, gs:// URI or data URI.")
 @click.option("--duration", "duration_seconds", type=int, default=5, show_default=True)
 @click.option("--aspect-ratio", type=click.Choice(["16:9", "9:16", "1:1"]), default="16:9")
+@click.option("--resolution", type=click.Choice([r.value for r in Resolution]),
+              help="The frame's shorter side (default 720p).")
 @click.option("--audio/--no-audio", default=False)
 @click.option("--min-quality", type=click.FloatRange(0, 1))
 @click.option("--max-cost", "max_cost_usd", type=float)
@@ -214,12 +217,13 @@ def wait_for_job(api: str, job_id: str, timeout: float = 600.0) -> dict[str, Any
 @click.option("--wait", is_flag=True, help="Follow the job until it ends.")
 @click.option("--api", help="API base URL (default: the local stack's).")
 def submit(prompt: str | None, image_url: str | None, duration_seconds: int,
-           aspect_ratio: str, audio: bool, min_quality: float | None,
+           aspect_ratio: str, resolution: str | None, audio: bool, min_quality: float | None,
            max_cost_usd: float | None, policy: str | None, wait: bool,
            api: str | None) -> None:
     """Submit a job."""
     body = {"prompt": prompt, "image_url": image_url, "duration_seconds": duration_seconds,
-            "aspect_ratio": aspect_ratio, "audio": audio, "min_quality": min_quality,
+            "aspect_ratio": aspect_ratio, "resolution": resolution, "audio": audio,
+            "min_quality": min_quality,
             "max_cost_usd": max_cost_usd, "policy": policy}
     base = _api_url(api)
     job = _check(httpx.post(f"{base}/v1/jobs", headers=_headers(base), timeout=30,

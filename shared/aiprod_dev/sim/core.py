@@ -32,13 +32,16 @@ from starlette.types import Receive, Scope, Send
 
 from aiprod.adapters import media
 
-FaultMode = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow", "blank"]
+FaultMode = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow", "blank",
+                    "lowres"]
 # What a create call can end as: a fault mode, or refused before any fault is drawn.
 Outcome = Literal["ok", "error", "throttle", "moderation", "fail", "hang", "slow", "blank",
-                  "invalid", "unauthenticated"]
+                  "lowres", "invalid", "unauthenticated"]
 # The modes that create a provider task (the others answer the create call with an error).
-# `blank` succeeds with a video of flat black frames (a broken render).
-TASK_MODES: frozenset[str] = frozenset({"ok", "moderation", "fail", "hang", "slow", "blank"})
+# `blank` succeeds with a video of flat black frames (a broken render); `lowres` with a
+# smaller frame than asked for (a 1080p request answered at 720p).
+TASK_MODES: frozenset[str] = frozenset({"ok", "moderation", "fail", "hang", "slow", "blank",
+                                        "lowres"})
 Phase = Literal["pending", "running", "succeeded", "moderation", "fail", "cancelled"]
 
 DEFAULT_LATENCY_S = 1.0
@@ -46,6 +49,10 @@ DEFAULT_SLOW_S = 120.0
 DEFAULT_RETRY_AFTER_S = 30
 HANG_MAX_S = 3600.0
 _PENDING_SHARE = 0.1  # the first tenth of the render time is spent queued
+# Frames a second of the rendered clips. Providers deliver 24; the clips are real H.264
+# at the provider's frame size (up to 1080p), and half the frames halves what making
+# and checking them costs. Nothing AIPROD checks depends on the rate.
+SIM_FPS = 12
 
 
 class FaultRequest(BaseModel):
@@ -88,6 +95,7 @@ class TaskSpec:
     duration_s: float
     ratio: str          # the provider's own spelling ("16:9", "1280:720")
     render_ratio: str   # "W:H" for the rendered file
+    render_short_side: int  # the rendered frame's shorter side, in pixels (720 at 720p)
     request: dict[str, Any] = field(default_factory=dict)  # the provider-specific body
     samples: int = 1
     image: str | None = None  # the input image as sent: a URL, or a base64 data/bytes string
@@ -187,7 +195,7 @@ class ProviderSim(ABC):
         self.tasks: dict[str, SimTask] = {}
         self.closing = False
         self._rng = random.Random(seed)
-        self._videos: dict[tuple[float, str, bool], bytes] = {}
+        self._videos: dict[tuple[float, str, int, bool], bytes] = {}
         self._video_lock = asyncio.Lock()
 
     # -- the provider's wire format --------------------------------------------------------
@@ -301,13 +309,20 @@ class ProviderSim(ABC):
             task.cancelled_at = now
 
     async def video(self, task: SimTask) -> bytes:
-        """The task's rendered MP4, made once per (duration, ratio) in a worker thread."""
-        key = (task.spec.duration_s, task.spec.render_ratio, task.outcome == "blank")
+        """The task's rendered MP4, made once per (duration, ratio, size) in a worker
+        thread, at the size the provider renders (a short clip: tests stay fast)."""
+        spec = task.spec
+        short_side = spec.render_short_side
+        if task.outcome == "lowres":
+            short_side = short_side * 2 // 3  # 1080p -> 720p, 720p -> 480p
+        key = (spec.duration_s, spec.render_ratio, short_side, task.outcome == "blank")
         async with self._video_lock:
             if key not in self._videos:
                 self._videos[key] = await run_in_threadpool(functools.partial(
-                    media.render_test_video, key[0], key[1], blank=key[2],
-                    label=f"aiprod {self.provider} simulator {key[0]:g}s {key[1]}"))
+                    media.render_test_video, key[0], key[1], fps=SIM_FPS, height=key[2],
+                    blank=key[3],
+                    label=f"aiprod {self.provider} simulator {key[0]:g}s {key[1]} "
+                          f"{key[2]}p"))
             return self._videos[key]
 
     def file_url(self, request: Request, task: SimTask, query: str = "") -> str:

@@ -15,8 +15,9 @@ import base64
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,19 +32,76 @@ FAILURE_ERROR = "Prediction failed: the model exited unexpectedly (CUDA error: o
 
 
 @dataclass(frozen=True)
+class _Input:
+    """One property of a model's input schema (its replicate.com/<model>/api page)."""
+
+    kind: Literal["string", "uri", "integer", "boolean"]
+    default: Any = None
+    enum: tuple[Any, ...] | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class _VideoModel:
-    """The input schema of one hosted video model, as far as the simulator checks it."""
+    """A hosted video model: its input schema, and how its inputs shape the video.
 
-    min_duration: int
-    max_duration: int
-    aspect_ratios: tuple[str, ...]
-    default_duration: int = 5
-    default_aspect_ratio: str = "16:9"
+    `image` names the first-frame input. The output's shorter side comes from the
+    `resolution` input's value through `sizes`, or is `fixed_size` for a model that
+    renders one resolution; `aspect_ratio` None means the model renders 16:9 only.
+    `rule` checks what the schema cannot say (Hailuo: 10 s only at 768p)."""
+
+    inputs: dict[str, _Input]
+    image: str
+    aspect_ratio: str | None = "aspect_ratio"
+    resolution: str | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+    fixed_size: int = 720
+    rule: Callable[[dict[str, Any]], tuple[str, str] | None] = lambda given: None
+
+    def value(self, given: dict[str, Any], name: str | None, fallback: Any = None) -> Any:
+        if name is None:
+            return fallback
+        return given.get(name, self.inputs[name].default)
 
 
+def _hailuo_rule(given: dict[str, Any]) -> tuple[str, str] | None:
+    resolution = given.get("resolution", "1080p")
+    if given.get("duration", 6) == 10 and resolution != "768p":
+        return "input.duration", "10 seconds is only available for 768p resolution"
+    if resolution == "512p" and not given.get("first_frame_image"):
+        return "input.resolution", "512p needs a first_frame_image"
+    return None
+
+
+_RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive")
 MODELS: dict[str, _VideoModel] = {
+    # replicate.com/bytedance/seedance-2.0-fast/api (the fast model: 480p or 720p).
     "bytedance/seedance-2.0-fast": _VideoModel(
-        2, 15, ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21")),
+        inputs={"prompt": _Input("string", required=True), "image": _Input("uri"),
+                "last_frame_image": _Input("uri"),
+                "duration": _Input("integer", 5, minimum=2, maximum=15),
+                "resolution": _Input("string", "720p", enum=("480p", "720p")),
+                "aspect_ratio": _Input("string", "16:9", enum=_RATIOS),
+                "generate_audio": _Input("boolean", True), "seed": _Input("integer")},
+        image="image", resolution="resolution", sizes={"480p": 480, "720p": 720}),
+    # replicate.com/kwaivgi/kling-v2.5-turbo-pro/api: 1080p; the frame follows a start image.
+    "kwaivgi/kling-v2.5-turbo-pro": _VideoModel(
+        inputs={"prompt": _Input("string", required=True), "negative_prompt": _Input("string"),
+                "start_image": _Input("uri"), "image": _Input("uri"),
+                "aspect_ratio": _Input("string", "16:9", enum=("16:9", "9:16", "1:1")),
+                "duration": _Input("integer", 5, enum=(5, 10))},
+        image="start_image", fixed_size=1080),
+    # replicate.com/minimax/hailuo-02/api: 16:9 from text, or the first frame's shape.
+    "minimax/hailuo-02": _VideoModel(
+        inputs={"prompt": _Input("string", required=True), "first_frame_image": _Input("uri"),
+                "last_frame_image": _Input("uri"),
+                "duration": _Input("integer", 6, enum=(6, 10)),
+                "resolution": _Input("string", "1080p", enum=("512p", "768p", "1080p")),
+                "prompt_optimizer": _Input("boolean", True)},
+        image="first_frame_image", aspect_ratio=None, resolution="resolution",
+        sizes={"512p": 512, "768p": 768, "1080p": 1080}, rule=_hailuo_rule),
 }
 
 
@@ -131,39 +189,66 @@ class ReplicateSim(ProviderSim):
         given = body.get("input")
         if not isinstance(given, dict):
             return self._invalid_input("input", "required", "input is required")
-        prompt = given.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            return self._invalid_input("input.prompt", "required", "prompt is required")
-        image = given.get("image")
-        if image is not None and (not isinstance(image, str)
-                                  or not image.startswith(("http://", "https://", "data:"))):
-            return self._invalid_input("input.image", "format",
-                                       "Does not match format 'uri'")
-        duration = given.get("duration", model.default_duration)
-        if isinstance(duration, bool) or not isinstance(duration, int):
-            return self._invalid_input("input.duration", "type", "Invalid type. Expected: "
-                                       f"integer, given: {type(duration).__name__}")
-        if duration < model.min_duration:
-            return self._invalid_input("input.duration", "number_gte",
-                                       f"Must be greater than or equal to {model.min_duration}")
-        if duration > model.max_duration:
-            return self._invalid_input("input.duration", "number_lte",
-                                       f"Must be less than or equal to {model.max_duration}")
-        ratio = given.get("aspect_ratio", model.default_aspect_ratio)
-        if ratio not in model.aspect_ratios:
-            allowed = ", ".join(f'"{r}"' for r in model.aspect_ratios)
-            return self._invalid_input("input.aspect_ratio", "enum",
-                                       f"input.aspect_ratio must be one of the following: "
-                                       f"{allowed}")
-        seed = given.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            return self._invalid_input("input.seed", "type", "Invalid type. Expected: integer")
-        audio = given.get("generate_audio", False)
-        if not isinstance(audio, bool):
-            return self._invalid_input("input.generate_audio", "type",
-                                       "Invalid type. Expected: boolean")
-        return TaskSpec(model=model_name, prompt=prompt, duration_s=float(duration),
-                        ratio=ratio, render_ratio=ratio, request=given, image=image)
+        refused = self._validate(model, given)
+        if refused is not None:
+            return refused
+        ratio = model.value(given, model.aspect_ratio, "16:9")
+        if ratio == "adaptive":
+            ratio = "16:9"
+        size = model.sizes.get(model.value(given, model.resolution), model.fixed_size)
+        image = given.get(model.image)
+        return TaskSpec(model=model_name, prompt=given.get("prompt"),
+                        duration_s=float(model.value(given, "duration")), ratio=ratio,
+                        render_ratio=ratio, render_short_side=size, request=given,
+                        image=image)
+
+    def _validate(self, model: _VideoModel, given: dict[str, Any]) -> Response | None:
+        """Check `given` against the model's input schema as Replicate does: every
+        problem is a 422 naming the field. An input the schema does not name is
+        refused too (stricter than a model that would ignore it: a catalog mapping
+        naming the wrong input fails here, not silently in production)."""
+        for name in given:
+            if name not in model.inputs:
+                return self._invalid_input("input", "additional_property_not_allowed",
+                                           f"Additional property {name} is not allowed")
+        for name, schema in model.inputs.items():
+            field_name = f"input.{name}"
+            value = given.get(name)
+            if value is None:
+                if schema.required:
+                    return self._invalid_input(field_name, "required", f"{name} is required")
+                continue
+            if schema.kind in ("string", "uri"):
+                if not isinstance(value, str) or (schema.required and not value.strip()):
+                    return self._invalid_input(field_name, "invalid_type",
+                                               "Invalid type. Expected: string, given: "
+                                               f"{type(value).__name__}")
+                if schema.kind == "uri" and not value.startswith(("http://", "https://",
+                                                                   "data:")):
+                    return self._invalid_input(field_name, "format",
+                                               "Does not match format 'uri'")
+            elif schema.kind == "boolean":
+                if not isinstance(value, bool):
+                    return self._invalid_input(field_name, "invalid_type",
+                                               "Invalid type. Expected: boolean")
+            elif isinstance(value, bool) or not isinstance(value, int):
+                return self._invalid_input(field_name, "invalid_type", "Invalid type. "
+                                           f"Expected: integer, given: {type(value).__name__}")
+            if schema.enum is not None and value not in schema.enum:
+                allowed = ", ".join(f'"{v}"' if isinstance(v, str) else str(v)
+                                    for v in schema.enum)
+                return self._invalid_input(field_name, "enum", f"{field_name} must be one "
+                                           f"of the following: {allowed}")
+            if schema.minimum is not None and isinstance(value, int) and value < schema.minimum:
+                return self._invalid_input(field_name, "number_gte",
+                                           f"Must be greater than or equal to {schema.minimum}")
+            if schema.maximum is not None and isinstance(value, int) and value > schema.maximum:
+                return self._invalid_input(field_name, "number_lte",
+                                           f"Must be less than or equal to {schema.maximum}")
+        broken = model.rule(given)
+        if broken is not None:
+            return self._invalid_input(broken[0], "invalid", broken[1])
+        return None
 
     async def _created(self, request: Request, task: SimTask) -> Response:
         headers = {"Location": str(request.url_for("prediction", prediction_id=task.id))}

@@ -181,8 +181,11 @@ class RunwaySim(ProviderSim):
         sent = body.get("promptImage")
         if isinstance(sent, list):
             sent = next((i.get("uri") for i in sent if i.get("position") == "first"), None)
+        # Runway's `ratio` is the output's size in pixels ("1280:720").
+        width, height = (int(side) for side in ratio.split(":"))
         return TaskSpec(model=model, prompt=prompt, duration_s=float(duration),
-                        ratio=ratio, render_ratio=ratio, request=body,
+                        ratio=ratio, render_ratio=ratio, render_short_side=min(width, height),
+                        request=body,
                         image=sent if isinstance(sent, str) else None)
 
     async def _created(self, task: SimTask) -> Response:

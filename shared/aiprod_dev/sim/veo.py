@@ -25,6 +25,7 @@ from aiprod_dev.sim.core import ProviderSim, SimTask, TaskSpec
 RESPONSE_TYPE = "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse"
 DURATIONS = (4, 6, 8)
 ASPECT_RATIOS = ("16:9", "9:16")
+RESOLUTIONS = {"720p": 720, "1080p": 1080}  # the frame's shorter side
 RAI_REASON = ("Veo could not generate 1 videos based on the prompt provided. You will not be "
               "charged for this request. Try rephrasing your prompt. If you think this was an "
               "error, send feedback. Support codes: 42237218")
@@ -146,12 +147,13 @@ class VeoSim(ProviderSim):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
                                  or not 0 <= seed <= 4_294_967_295):
             return self.bad_request("seed must be an integer from 0 to 4294967295 (uint32).")
-        resolution = params.get("resolution")
-        if resolution is not None and resolution not in ("720p", "1080p"):
+        resolution = params.get("resolution", "720p")  # Veo 3.1's default
+        if resolution not in RESOLUTIONS:
             return self.bad_request("resolution must be 720p or 1080p.")
         sent = (image or {}).get("bytesBase64Encoded") or (image or {}).get("gcsUri")
         return TaskSpec(model=model, prompt=prompt, duration_s=float(duration), ratio=ratio,
-                        render_ratio=ratio, request=body, samples=samples, image=sent)
+                        render_ratio=ratio, render_short_side=RESOLUTIONS[resolution],
+                        request=body, samples=samples, image=sent)
 
     def status_name(self, task: SimTask, now: float) -> str:
         phase = task.phase(now)[0]

@@ -62,7 +62,7 @@ def make_provider(backend: Backend, settings: Settings) -> VideoProvider:
         return RunwayProvider(settings)
     if backend.provider == "replicate":
         from aiprod.adapters.providers.replicate import ReplicateProvider
-        return ReplicateProvider(settings)
+        return ReplicateProvider(settings, backend.inputs)
     if backend.provider == "veo":
         from aiprod.adapters.providers.veo import VeoProvider
         return VeoProvider(settings)

@@ -44,6 +44,7 @@ class RenderSpec:
     audio: bool
     image: StagedImage | None = None  # an upload (then image_url is its uri)
     seed: int | None = None  # set only for a backend whose catalog entry says accepts_seed
+    resolution: str = "720p"  # "720p" | "768p" | "1080p": the frame's shorter side
 
 
 class TaskState(StrEnum):

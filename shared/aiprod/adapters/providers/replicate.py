@@ -32,6 +32,7 @@ from aiprod.adapters.providers import (
     transport_error,
 )
 from aiprod.adapters.providers.base import ProviderError, RenderSpec, TaskState, TaskStatus
+from aiprod.domain.catalog import ModelInputs
 from aiprod.domain.job import ErrorClass
 from aiprod.wiring.config import Settings
 
@@ -65,9 +66,14 @@ def failure_class(error: str) -> ErrorClass:
 
 
 class ReplicateProvider:
-    """VideoProvider for a Replicate official model (`owner/name` as the backend's model)."""
+    """VideoProvider for a Replicate official model (`owner/name` as the backend's model).
 
-    def __init__(self, settings: Settings) -> None:
+    Every model has its own input schema; `inputs` (the backend's catalog entry)
+    says which of its inputs each request field fills, so no model is special here.
+    """
+
+    def __init__(self, settings: Settings, inputs: ModelInputs | None = None) -> None:
+        self._model_inputs = inputs
         self._timeout_s = settings.create_timeout_s
         self._last_retry_after = threading.local()
         token = settings.replicate_api_token.get_secret_value()
@@ -110,22 +116,26 @@ class ReplicateProvider:
                              "unreadable_response", clip(repr(exc)))
 
     def _inputs(self, spec: RenderSpec) -> dict[str, Any]:
-        inputs: dict[str, Any] = {"duration": spec.duration_seconds,
-                                  "aspect_ratio": spec.aspect_ratio,
-                                  "generate_audio": spec.audio}
-        if spec.prompt:
-            inputs["prompt"] = spec.prompt
-        if spec.seed is not None:
-            inputs["seed"] = spec.seed
+        if self._model_inputs is None:
+            raise ProviderError(ErrorClass.BACKEND, "not_configured",
+                                f"the catalog names no inputs for {spec.model}")
+        image: str | None = None
         if spec.image is not None:
-            inputs["image"] = images.staged_for_provider(
+            image = images.staged_for_provider(
                 spec.image, provider="Replicate", inline=spec.image.size <= MAX_DATA_URI_BYTES)
         elif spec.image_url:
             if not spec.image_url.startswith(("https://", "http://", "data:", "gs://")):
                 raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_image_url",
                                     "Replicate takes the image as an http(s) URL or a data URI")
-            inputs["image"] = images.url_for_provider(spec.image_url, timeout_s=self._timeout_s)
-        return inputs
+            image = images.url_for_provider(spec.image_url, timeout_s=self._timeout_s)
+        try:
+            return self._model_inputs.build({
+                "prompt": spec.prompt or None, "image": image,
+                "duration": spec.duration_seconds, "aspect_ratio": spec.aspect_ratio,
+                "resolution": spec.resolution, "audio": spec.audio, "seed": spec.seed})
+        except ValueError as exc:  # a request value the model has no spelling for
+            raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_input",
+                                clip(exc)) from exc
 
     def create(self, spec: RenderSpec) -> str:
         inputs = self._inputs(spec)

@@ -43,8 +43,12 @@ USD_PER_CREDIT = 0.01
 # shared/reference/providers.md 1.2).
 MAX_DATA_URI_CHARS = 5 * 1024 * 1024
 POLL_RETRIES = 2
-# Runway names output sizes, not shapes; these are gen4.5's (and most models') sizes.
-RATIOS = {"16:9": "1280:720", "9:16": "720:1280", "1:1": "960:960"}
+# Runway names output sizes, not shapes: (aspect ratio, resolution) -> `ratio`. The 720p
+# sizes are gen4.5's and gen4_turbo's (a 1:1 frame of 720p's pixel count); only the Veo
+# models Runway resells take the 1080p ones (docs.dev.runwayml.com/api, providers.md 1.2).
+RATIOS = {("16:9", "720p"): "1280:720", ("9:16", "720p"): "720:1280",
+          ("1:1", "720p"): "960:960",
+          ("16:9", "1080p"): "1920:1080", ("9:16", "1080p"): "1080:1920"}
 
 
 def failure_class(failure_code: str | None) -> ErrorClass:
@@ -99,10 +103,11 @@ class RunwayProvider(NoTaskSearch):
         return self._client if retries == 0 else self._client.with_options(max_retries=retries)
 
     def create(self, spec: RenderSpec) -> str:
-        ratio = RATIOS.get(spec.aspect_ratio)
+        ratio = RATIOS.get((spec.aspect_ratio, spec.resolution))
         if ratio is None:
             raise ProviderError(ErrorClass.INVALID_INPUT, "unsupported_aspect_ratio",
-                                f"Runway has no size for aspect ratio {spec.aspect_ratio}")
+                                f"Runway has no size for aspect ratio {spec.aspect_ratio} "
+                                f"at {spec.resolution}")
         params: dict[str, Any] = {"model": spec.model, "ratio": ratio,
                                   "duration": spec.duration_seconds}
         if spec.prompt:

@@ -172,7 +172,8 @@ class VeoProvider(NoTaskSearch):
         source = types.GenerateVideosSource(prompt=spec.prompt or None, image=image)
         config = types.GenerateVideosConfig(
             number_of_videos=1, duration_seconds=spec.duration_seconds,
-            aspect_ratio=spec.aspect_ratio, generate_audio=spec.audio, seed=spec.seed)
+            aspect_ratio=spec.aspect_ratio, generate_audio=spec.audio, seed=spec.seed,
+            resolution=spec.resolution)
         client = self._sdk()
         try:
             operation = client.models.generate_videos(model=spec.model, source=source,
