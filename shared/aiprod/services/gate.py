@@ -36,10 +36,6 @@ class Pass:
     slot: str | None
 
 
-def _cooldown(rt: Runtime) -> dt.timedelta:
-    return dt.timedelta(seconds=rt.settings.circuit_cooldown_s)
-
-
 def _slot_lease(rt: Runtime) -> dt.timedelta:
     """A failed call's slot counts against the backend this long at most."""
     return dt.timedelta(seconds=rt.settings.create_timeout_s * 2 + 30)
@@ -51,10 +47,11 @@ def enter(rt: Runtime, backend: str, caller: str) -> Pass | AttemptError:
     while True:
         now = rt.clock()
         health = rt.health.get(backend)
+        cooldown = rt.settings.circuit_cooldown
         probe_lease = rt.settings.attempt_lease  # a probe is a whole render
-        verdict = policy.gate(health, now, _cooldown(rt), probe_lease, caller)
+        verdict = policy.gate(health, now, cooldown, probe_lease, caller)
         if verdict is policy.Gate.PROBE:
-            if rt.health.claim_probe(backend, caller, now, _cooldown(rt), probe_lease):
+            if rt.health.claim_probe(backend, caller, now, cooldown, probe_lease):
                 log(logger, logging.INFO, f"circuit half-open for {backend}: probing",
                     backend=backend, event="circuit_state", state="half_open", caller=caller)
                 telemetry.circuit(backend, "half_open")
