@@ -437,3 +437,24 @@ def test_a_probe_refused_for_its_content_lets_the_next_caller_probe_at_once(
     other = admit(fx, job_id="job_2")
     assert deliver(fx, other).status is JobStatus.SUCCEEDED  # it probed, and closed it
     assert fx.health.get(first).state is CircuitState.CLOSED
+
+
+def test_a_busy_backend_with_another_to_fall_back_to_is_waited_for_then_skipped(
+        tmp_path: Path) -> None:
+    fx = fake_runtime(tmp_path, backend_busy_wait_s=30.0)
+    job = admit(fx)
+    first, second = job.plan[:2]
+    for n in range(fx.rt.settings.circuit_strikes):  # every call slot held by others
+        fx.health.take_slot(first, f"other-{n}", fx.rt.settings.circuit_strikes, fx.clock(),
+                            dt.timedelta(hours=1))
+
+    after = deliver(fx, job)
+
+    attempt = after.attempts[0]
+    assert attempt.status is AttemptStatus.SKIPPED
+    assert attempt.error is not None
+    assert attempt.error.code == "backend_busy"
+    assert 30.0 <= sum(fx.clock.slept) < 31.0  # waited the busy wait out, on the runtime's clock
+    assert fx.provider(first).calls == []
+    assert fx.health.get(first).strikes == 0  # back-pressure, not a strike
+    assert len(renders_sent(fx, second)) == 1

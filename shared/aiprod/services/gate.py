@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import time
 from dataclasses import dataclass
 
 from aiprod.domain import health as policy
@@ -43,7 +42,7 @@ def _slot_lease(rt: Runtime) -> dt.timedelta:
 
 def enter(rt: Runtime, backend: str, caller: str) -> Pass | AttemptError:
     """A pass for one call to `backend`, or why not (the job then falls back)."""
-    deadline = time.monotonic() + rt.settings.backend_busy_wait_s
+    deadline = rt.monotonic() + rt.settings.backend_busy_wait_s
     while True:
         now = rt.clock()
         health = rt.health.get(backend)
@@ -64,7 +63,7 @@ def enter(rt: Runtime, backend: str, caller: str) -> Pass | AttemptError:
                                    _slot_lease(rt))
         if slot is not None:
             return Pass(backend, caller, slot)
-        if time.monotonic() > deadline:
+        if rt.monotonic() > deadline:
             return AttemptError(error_class=ErrorClass.SKIPPED, code=BUSY,
                                 message=f"{backend} had no free call slot for "
                                         f"{rt.settings.backend_busy_wait_s:.0f} s")
