@@ -337,6 +337,7 @@ def _abandon(rt: Runtime, job: Job, index: int) -> None:
 
 
 def _mark_unknown(rt: Runtime, job: Job, index: int, error: AttemptError) -> None:
+    """Record that the create call's outcome is unknown, so no delivery resends it."""
     rt.store.mutate(job.id, lambda j: lifecycle.mark_unknown(j, index, error, rt.clock()))
     log(logger, logging.WARNING, f"create outcome unknown: {error.code}", job_id=job.id,
         attempt=index, backend=job.attempts[index].backend, error_message=error.message)
