@@ -31,7 +31,7 @@ from aiprod.adapters.storage import LocalOutputStore
 from aiprod.adapters.store import job_from_doc, job_to_doc
 from aiprod.domain.apikeys import ApiKey
 from aiprod.domain.budget import DayFigures, fits
-from aiprod.domain.health import CircuitState, Gate, Health, gate
+from aiprod.domain.health import CircuitState, Gate, Health, gate, opens_on_strike
 from aiprod.domain.job import Job, JobStatus
 from aiprod.wiring.config import Settings
 from aiprod.wiring.runtime import Runtime
@@ -44,13 +44,17 @@ T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 # -- clock ---------------------------------------------------------------------------------
 @dataclass
 class ManualClock:
-    """The runtime's clock and sleep: sleeping advances the clock, never waits."""
+    """The runtime's clock, sleep and monotonic: sleeping advances the clock, never waits."""
 
     now: dt.datetime = T0
     slept: list[float] = field(default_factory=list)
 
     def __call__(self) -> dt.datetime:
         return self.now
+
+    def monotonic(self) -> float:
+        """The runtime's deadline clock: moves with `now`, so sleeping runs deadlines out."""
+        return self.now.timestamp()
 
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
@@ -327,9 +331,7 @@ class FakeHealth:
             health = self.get(backend)
             strikes = health.strikes + 1
             self._set(backend, strikes=strikes)
-            if health.state is CircuitState.OPEN:
-                return False
-            if strikes >= threshold or health.state is CircuitState.HALF_OPEN:
+            if opens_on_strike(health, strikes, threshold):
                 self._set(backend, state=CircuitState.OPEN, opened_at=now, probe_owner=None)
                 return True
             return False
@@ -498,6 +500,7 @@ def fake_runtime(tmp: Path, **settings: Any) -> Fakes:
     rt = Runtime(settings=config, catalog=catalog, store=store, bus=bus,
                  outputs=LocalOutputStore(tmp), ledger=ledger, health=health, access=access,
                  reuse=reuse,
-                 clock=clock, sleep=clock.sleep, _providers=dict(providers))
+                 clock=clock, sleep=clock.sleep, monotonic=clock.monotonic,
+                 _providers=dict(providers))
     return Fakes(rt, clock, store, bus, ledger, health, access, providers, reuse)
 

@@ -284,3 +284,184 @@ def test_crossing_the_warning_threshold_is_announced_once(tmp_path: Path) -> Non
     warnings = [p for p in fx.bus.published if p.payload.get("type") == "budget.warning"]
     assert len(warnings) == 1
     assert warnings[0].payload["day"] == DAY
+
+
+def test_transient_create_errors_are_given_up_on_when_the_retry_budget_runs_out(
+        tmp_path: Path) -> None:
+    """The budget bounds the time spent retrying, not only the strike count: on the
+    runtime's clock, so the backoff's sleeps use it up."""
+    fx = fake_runtime(tmp_path, transient_retry_budget_s=5.0, circuit_strikes=10)
+    job = admit(fx)
+    first, second = job.plan[:2]
+    fx.provider(first).creates = [ProviderError(ErrorClass.TRANSIENT, "http_503", "later")] * 10
+
+    after = deliver(fx, job)
+
+    assert 3 <= len(fx.provider(first).calls_of("create")) <= 4  # backoff 1, 2, 4 s (jittered)
+    assert sum(fx.clock.slept) < 5.0
+    assert after.attempts[0].error is not None
+    assert after.attempts[0].error.code == "http_503"
+    assert fx.health.get(first).state is CircuitState.CLOSED
+    assert len(renders_sent(fx, second)) == 1
+
+
+def test_a_cut_off_create_the_provider_never_received_falls_back_at_no_charge(
+        fx: Fakes) -> None:
+    job = admit(fx)
+    first, second = job.plan[:2]
+    provider = fx.provider(first)
+    provider.can_find_tasks = True
+    provider.creates = [ProviderError(ErrorClass.UNKNOWN, "timeout", "cut off")]
+    provider.found = None
+
+    after = deliver(fx, job)
+
+    attempt = after.attempts[0]
+    assert attempt.error is not None
+    assert attempt.error.code == "create_not_received"
+    assert attempt.cost_usd == 0
+    # Not before the provider has surely recorded the call (twice the create timeout).
+    assert fx.clock() - attempt.started_at > dt.timedelta(
+        seconds=2 * fx.rt.settings.create_timeout_s)
+    assert provider.calls_of("create") == [job.id]
+    assert figures(fx).committed_micros == 0
+    assert len(renders_sent(fx, second)) == 1
+
+
+def test_a_job_cancelled_while_its_task_was_created_cancels_the_task(fx: Fakes) -> None:
+    job = admit(fx)
+    provider = fx.provider(job.plan[0])
+
+    def create_while_cancelled(spec: object) -> str:
+        fx.store.mutate(job.id, lambda j: lifecycle.cancel(j, "by the caller", fx.clock()))
+        return "task-1"
+
+    provider.create = create_while_cancelled  # type: ignore[method-assign,assignment]
+
+    after = deliver(fx, job)
+
+    assert after.status is JobStatus.CANCELLED
+    assert provider.calls_of("cancel") == ["task-1"]  # stop paying for it
+    assert provider.calls_of("poll") == []
+    assert figures(fx).reserved_micros == 0
+
+
+def test_a_transient_download_error_fetches_the_output_again_and_never_re_renders(
+        fx: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = admit(fx)
+    backend = job.plan[0]
+    provider = fx.provider(backend)
+    failures = [ProviderError(ErrorClass.TRANSIENT, "http_503", "storage busy")]
+    real = provider.download
+
+    def download(status: TaskStatus, dest: Path) -> None:
+        if failures:
+            raise failures.pop(0)
+        real(status, dest)
+
+    monkeypatch.setattr(provider, "download", download)
+
+    handed = deliver(fx, job)
+    assert handed.status is JobStatus.RENDERING
+    assert [p.topic for p in fx.bus.published if p.attributes.get("continuation")] == [
+        fx.rt.catalog.get(backend).topic]
+
+    done = deliver(fx, job, delivery="d2")  # the continuation
+    assert done.status is JobStatus.SUCCEEDED
+    assert provider.calls_of("create") == [job.id]
+    assert fx.health.get(backend).strikes == 0
+
+
+@pytest.mark.parametrize(("broken", "code"), [
+    (ProviderError(ErrorClass.BACKEND, "http_404", "output gone"), "output_unavailable"),
+    (b"not a video at all", "undecodable_output"),
+])
+def test_an_output_that_cannot_be_had_strikes_is_charged_and_falls_back(
+        fx: Fakes, monkeypatch: pytest.MonkeyPatch, broken: ProviderError | bytes,
+        code: str) -> None:
+    job = admit(fx)
+    first, second = job.plan[:2]
+    provider = fx.provider(first)
+    if isinstance(broken, bytes):
+        provider.video = broken
+    else:
+        def download(status: TaskStatus, dest: Path) -> None:
+            raise broken
+        monkeypatch.setattr(provider, "download", download)
+
+    after = deliver(fx, job)
+
+    attempt = after.attempts[0]
+    assert attempt.error is not None
+    assert (attempt.error.error_class, attempt.error.code) == (ErrorClass.OUTPUT_CHECK, code)
+    assert attempt.cost_usd == attempt.estimated_cost_usd  # rendered: the provider charged it
+    assert figures(fx).spent_micros == to_micros(attempt.cost_usd)
+    assert fx.health.get(first).strikes == 1
+    assert len(renders_sent(fx, second)) == 1
+
+
+def test_a_task_past_the_providers_timeout_is_cancelled_struck_and_charged(fx: Fakes) -> None:
+    job = admit(fx)
+    first, second = job.plan[:2]
+    provider = fx.provider(first)
+    provider.polls["task-9"] = [RUNNING]
+    fx.store.mutate(job.id, lambda j: lifecycle.claim_attempt(
+        j, first, 0, "d1", fx.clock(), fx.rt.settings.attempt_lease, 0.32))
+    fx.store.mutate(job.id, lambda j: lifecycle.record_task(j, 0, "task-9", fx.clock()))
+    fx.clock.advance(fx.rt.catalog.get(first).limits.task_timeout_s + 1)
+
+    after = deliver(fx, job, delivery="d-late")
+
+    attempt = after.attempts[0]
+    assert attempt.error is not None
+    assert attempt.error.code == "task_timeout"
+    assert attempt.cost_usd == attempt.estimated_cost_usd
+    assert provider.calls_of("cancel") == ["task-9"]
+    assert fx.health.get(first).strikes == 1
+    assert len(renders_sent(fx, second)) == 1
+
+
+def test_a_probe_refused_for_its_content_lets_the_next_caller_probe_at_once(
+        fx: Fakes) -> None:
+    """A refusal says nothing of the backend's health: the circuit neither closes nor
+    starts a new cool-down, and the probe (owned by this attempt, in whichever
+    invocation ends it) is released for another job."""
+    job = admit(fx)
+    first = job.plan[0]
+    opened = fx.clock() - dt.timedelta(seconds=fx.rt.settings.circuit_cooldown_s + 1)
+    fx.health.docs[first] = Health(first, CircuitState.OPEN, strikes=3, opened_at=opened)
+    fx.provider(first).creates = ["task-1"]
+    fx.provider(first).polls["task-1"] = [TaskStatus(TaskState.FAILED, error=ProviderError(
+        ErrorClass.CONTENT_REFUSED, "moderation", "refused"))]
+
+    after = deliver(fx, job)
+
+    assert after.attempts[0].error is not None
+    assert after.attempts[0].error.code == "moderation"
+    health = fx.health.get(first)
+    assert (health.state, health.strikes, health.probe_owner, health.opened_at) == (
+        CircuitState.OPEN, 3, None, opened)
+    other = admit(fx, job_id="job_2")
+    assert deliver(fx, other).status is JobStatus.SUCCEEDED  # it probed, and closed it
+    assert fx.health.get(first).state is CircuitState.CLOSED
+
+
+def test_a_busy_backend_with_another_to_fall_back_to_is_waited_for_then_skipped(
+        tmp_path: Path) -> None:
+    fx = fake_runtime(tmp_path, backend_busy_wait_s=30.0)
+    job = admit(fx)
+    first, second = job.plan[:2]
+    for n in range(fx.rt.settings.circuit_strikes):  # every call slot held by others
+        fx.health.take_slot(first, f"other-{n}", fx.rt.settings.circuit_strikes, fx.clock(),
+                            dt.timedelta(hours=1))
+
+    after = deliver(fx, job)
+
+    attempt = after.attempts[0]
+    assert attempt.status is AttemptStatus.SKIPPED
+    assert attempt.error is not None
+    assert attempt.error.code == "backend_busy"
+    assert 30.0 <= sum(fx.clock.slept) < 31.0  # waited the busy wait out, on the runtime's clock
+    assert fx.provider(first).calls == []
+    assert fx.health.get(first).strikes == 0  # back-pressure, not a strike
+    assert len(renders_sent(fx, second)) == 1

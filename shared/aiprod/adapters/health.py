@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from aiprod.domain.health import CircuitState, Health
+from aiprod.domain.health import CircuitState, Health, opens_on_strike
 
 HEALTH = "backend_health"
 SLOTS = "slots"
@@ -147,9 +147,7 @@ class FirestoreHealth:
         result = ref.set({"strikes": firestore.Increment(1)}, merge=True)
         strikes = int(result.transform_results[0].integer_value)
         health = _health(backend, ref.get().to_dict() or {})
-        if health.state is CircuitState.OPEN:
-            return False
-        if strikes >= threshold or health.state is CircuitState.HALF_OPEN:
+        if opens_on_strike(health, strikes, threshold):
             ref.set({"state": CircuitState.OPEN.value, "opened_at": now, "probe_owner": None},
                     merge=True)
             return True

@@ -42,12 +42,27 @@ class Health:
     probe_claimed_at: dt.datetime | None = None
 
     def public(self, cooldown: dt.timedelta) -> dict[str, object]:
-        retry_at = None
-        if self.state is CircuitState.OPEN and self.opened_at is not None:
-            retry_at = (self.opened_at + cooldown).isoformat()
+        probe_after = cools_until(self, cooldown)
         return {"state": self.state.value, "strikes": self.strikes,
                 "opened_at": self.opened_at.isoformat() if self.opened_at else None,
-                "probe_after": retry_at}
+                "probe_after": probe_after.isoformat() if probe_after else None}
+
+
+def cools_until(health: Health, cooldown: dt.timedelta) -> dt.datetime | None:
+    """When an open circuit's cool-down ends and a probe may go; None when the circuit
+    is not cooling (closed, half-open, or open since an unrecorded time: probe now).
+    The one place the cool-down is reckoned: what the gate lets through, what routing
+    plans and what GET /v1/backends shows must agree."""
+    if health.state is CircuitState.OPEN and health.opened_at is not None:
+        return health.opened_at + cooldown
+    return None
+
+
+def caller_id(job_id: str, attempt: int) -> str:
+    """Who calls a backend (owns a call slot or the probe): one attempt of one job, the
+    same in every delivery and continuation of it, so the invocation that sees the
+    probe's render end (perhaps a continuation) is known as the probe's owner."""
+    return f"{job_id}:{attempt}"
 
 
 class Gate(StrEnum):
@@ -62,9 +77,7 @@ def gate(health: Health, now: dt.datetime, cooldown: dt.timedelta, probe_timeout
     if health.state is CircuitState.CLOSED:
         return Gate.CALL
     if health.state is CircuitState.OPEN:
-        if health.opened_at is None or now >= health.opened_at + cooldown:
-            return Gate.PROBE
-        return Gate.SKIP
+        return Gate.PROBE if healthy(health, now, cooldown) else Gate.SKIP
     # Half-open: only the probe's owner goes on, unless the probe died.
     if health.probe_owner == caller:
         return Gate.PROBE
@@ -73,13 +86,16 @@ def gate(health: Health, now: dt.datetime, cooldown: dt.timedelta, probe_timeout
     return Gate.SKIP
 
 
-def call_slots(health: Health, threshold: int) -> int:
-    """How many calls of unknown outcome may be in flight while closed."""
-    return max(1, threshold - health.strikes)
+def opens_on_strike(health: Health, strikes: int, threshold: int) -> bool:
+    """Whether a strike (bringing the count to `strikes`) opens the circuit: the
+    threshold-th consecutive one, or any met by the probe. An open circuit stays as it
+    is: late strikes from calls made before it opened do not restart its cool-down."""
+    if health.state is CircuitState.OPEN:
+        return False
+    return strikes >= threshold or health.state is CircuitState.HALF_OPEN
 
 
 def healthy(health: Health, now: dt.datetime, cooldown: dt.timedelta) -> bool:
     """For routing: a backend is worth planning unless its circuit is open and cooling."""
-    if health.state is CircuitState.OPEN and health.opened_at is not None:
-        return now >= health.opened_at + cooldown
-    return True
+    until = cools_until(health, cooldown)
+    return until is None or now >= until

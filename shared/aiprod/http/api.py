@@ -283,7 +283,7 @@ def get_budget(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
 
 
 def list_backends(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
-    cooldown = dt.timedelta(seconds=rt.settings.circuit_cooldown_s)
+    cooldown = rt.settings.circuit_cooldown
     states = rt.health.all(rt.catalog.names)
     now = rt.clock()
     seen = stats.window(rt)

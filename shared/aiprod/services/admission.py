@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -50,8 +49,7 @@ def quote(rt: Runtime, request: JobRequest,
     """The plan for `request` given every backend's health, today's budget and, for
     a caller whose API key has one, that key's daily budget."""
     now = rt.clock()
-    cooldown = dt.timedelta(seconds=rt.settings.circuit_cooldown_s)
-    healthy = {name: health_policy.healthy(state, now, cooldown)
+    healthy = {name: health_policy.healthy(state, now, rt.settings.circuit_cooldown)
                for name, state in rt.health.all(rt.catalog.names).items()}
     left_micros = budget.today(rt).left_micros
     own = budget.key_today(rt, owner) if owner else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import time
 from dataclasses import dataclass
 
 from aiprod.domain import health as policy
@@ -36,10 +35,6 @@ class Pass:
     slot: str | None
 
 
-def _cooldown(rt: Runtime) -> dt.timedelta:
-    return dt.timedelta(seconds=rt.settings.circuit_cooldown_s)
-
-
 def _slot_lease(rt: Runtime) -> dt.timedelta:
     """A failed call's slot counts against the backend this long at most."""
     return dt.timedelta(seconds=rt.settings.create_timeout_s * 2 + 30)
@@ -47,14 +42,15 @@ def _slot_lease(rt: Runtime) -> dt.timedelta:
 
 def enter(rt: Runtime, backend: str, caller: str) -> Pass | AttemptError:
     """A pass for one call to `backend`, or why not (the job then falls back)."""
-    deadline = time.monotonic() + rt.settings.backend_busy_wait_s
+    deadline = rt.monotonic() + rt.settings.backend_busy_wait_s
     while True:
         now = rt.clock()
         health = rt.health.get(backend)
+        cooldown = rt.settings.circuit_cooldown
         probe_lease = rt.settings.attempt_lease  # a probe is a whole render
-        verdict = policy.gate(health, now, _cooldown(rt), probe_lease, caller)
+        verdict = policy.gate(health, now, cooldown, probe_lease, caller)
         if verdict is policy.Gate.PROBE:
-            if rt.health.claim_probe(backend, caller, now, _cooldown(rt), probe_lease):
+            if rt.health.claim_probe(backend, caller, now, cooldown, probe_lease):
                 log(logger, logging.INFO, f"circuit half-open for {backend}: probing",
                     backend=backend, event="circuit_state", state="half_open", caller=caller)
                 telemetry.circuit(backend, "half_open")
@@ -67,7 +63,7 @@ def enter(rt: Runtime, backend: str, caller: str) -> Pass | AttemptError:
                                    _slot_lease(rt))
         if slot is not None:
             return Pass(backend, caller, slot)
-        if time.monotonic() > deadline:
+        if rt.monotonic() > deadline:
             return AttemptError(error_class=ErrorClass.SKIPPED, code=BUSY,
                                 message=f"{backend} had no free call slot for "
                                         f"{rt.settings.backend_busy_wait_s:.0f} s")

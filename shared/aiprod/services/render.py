@@ -13,7 +13,6 @@ import hashlib
 import logging
 import random
 import tempfile
-import time
 from pathlib import Path
 
 from aiprod.adapters import images, media
@@ -23,6 +22,7 @@ from aiprod.adapters.providers.base import (
     StagedImage,
     TaskState,
     TaskStatus,
+    VideoProvider,
 )
 from aiprod.domain import health as health_policy
 from aiprod.domain import lifecycle, pricing, quality
@@ -54,11 +54,27 @@ STAGED_IMAGE_URL_TTL = dt.timedelta(hours=12)
 
 
 def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None:
+    """One delivery of a render message: claim the attempt, then do what the claim
+    says is left to do (every delivery may be a duplicate or a redelivery)."""
     backend = rt.catalog.get(message.backend)
+    claimed = _claim(rt, backend, message, delivery_id)
+    if claimed is None:
+        return
+    job, claim = claimed
+    if _nothing_left_to_render(rt, job, claim):
+        return
+    _render(rt, backend, job, message, claim, rt.monotonic() + rt.settings.render_deadline_s)
+
+
+def _claim(rt: Runtime, backend: Backend, message: RenderMessage,
+           delivery_id: str) -> tuple[Job, lifecycle.Claim] | None:
+    """Decide what this delivery may do with the attempt, and record it. Most duplicate
+    deliveries are settled by a plain read; only claims that change the job take a
+    transaction (which re-decides on fresh data). None: the job does not exist."""
     job = rt.store.get(message.job_id)
     if job is None:
         log(logger, logging.ERROR, "render message for an unknown job", job_id=message.job_id)
-        return
+        return None
     estimate = pricing.estimate_usd(backend, job.request.duration_seconds, job.request.audio,
                                     job.request.resolution)
 
@@ -66,33 +82,43 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
         return lifecycle.claim_attempt(candidate, backend.name, message.attempt, delivery_id,
                                        rt.clock(), rt.settings.attempt_lease, estimate)
 
-    # Most duplicate deliveries are settled by a plain read; only claims that change
-    # the job take a transaction (which re-decides on fresh data).
     claim = claim_on(job.model_copy(deep=True))
     if claim.kind.writes:
         claimed = rt.store.mutate(job.id, claim_on)
         if claimed is None:
-            return
+            return None
         job, claim = claimed
-    index = claim.attempt_index
     log(logger, logging.INFO, f"render claim: {claim.kind.value}", job_id=job.id,
-        backend=backend.name, attempt=index, delivery_id=delivery_id)
+        backend=backend.name, attempt=claim.attempt_index, delivery_id=delivery_id)
+    return job, claim
 
+
+def _nothing_left_to_render(rt: Runtime, job: Job, claim: lifecycle.Claim) -> bool:
+    """Claims that leave nothing to render: the job or the attempt already ended, or
+    another delivery holds it. Redo only what the first delivery may have died
+    before finishing (closing the hold, announcing the end, handing the job on)."""
+    index = claim.attempt_index
     if claim.kind is ClaimKind.JOB_DONE:
         if index < len(job.attempts):
             budget.close(rt, job, index)
         if index == len(job.attempts) - 1:
             emit_terminal(rt, job)  # the first delivery may have died before announcing it
-        return
+        return True
     if claim.kind in (ClaimKind.STALE, ClaimKind.DUPLICATE):
-        return
+        return True
     if claim.kind is ClaimKind.FINISHED:
         follow_up(rt, job, index)
-        return
-    deadline = time.monotonic() + rt.settings.render_deadline_s
+        return True
+    return False
+
+
+def _render(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
+            claim: lifecycle.Claim, deadline: float) -> None:
+    """Create the task (once), resume the checkpointed one, or settle a create call
+    whose outcome is unknown; then poll it until done or handed off."""
     if claim.kind is ClaimKind.UNKNOWN_OUTCOME:
         # The delivery that was creating the task died mid-call.
-        _mark_unknown(rt, job, index, AttemptError(
+        _mark_unknown(rt, job, claim.attempt_index, AttemptError(
             error_class=ErrorClass.UNKNOWN, code="create_interrupted",
             message="the invocation creating the task died; the provider's verdict is unknown"))
         _resolve_unknown(rt, backend, message, deadline)
@@ -100,7 +126,6 @@ def handle_render(rt: Runtime, message: RenderMessage, delivery_id: str) -> None
     if claim.kind is ClaimKind.RESUME and claim.task_id is None:
         _resolve_unknown(rt, backend, message, deadline)
         return
-
     task_id = claim.task_id
     if claim.kind is ClaimKind.CREATE:
         task_id = _create(rt, backend, job, message, deadline)
@@ -136,11 +161,21 @@ def _staged(rt: Runtime, image: InputImage) -> StagedImage:
 
 def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
             deadline: float) -> str | None:
-    """Reserve the budget, then create the provider task through the backend's gate,
-    retrying (with backoff) only calls that surely created nothing, and checkpoint
-    its id. None when the attempt ended, or went on to resolve an unknown outcome."""
-    index = message.attempt
-    caller = f"{job.id}:{index}"
+    """Reserve the budget, create the provider task, and checkpoint its id. None when
+    the attempt ended, or went on to resolve an unknown outcome."""
+    provider = _start_attempt(rt, backend, job, message.attempt)
+    if provider is None:
+        return None
+    created = _send_create(rt, backend, job, message, provider, deadline)
+    if created is None:
+        return None
+    task_id, ticket = created
+    return _checkpoint(rt, backend, job, message.attempt, provider, task_id, ticket)
+
+
+def _start_attempt(rt: Runtime, backend: Backend, job: Job, index: int) -> VideoProvider | None:
+    """Announce the attempt and hold its estimated cost on the budget before any call
+    goes out. None: the budget cannot hold it, and the backend is skipped."""
     try:
         emit(rt, job, EventType.ATTEMPT_STARTED, attempt=index)
         telemetry.attempt_started(job, index)
@@ -155,53 +190,77 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
             message=f"today's budget cannot hold {job.attempts[index].estimated_cost_usd} USD "
                     f"for {backend.name}"), skipped=True)
         return None
-    retry_until = time.monotonic() + rt.settings.transient_retry_budget_s
+    return provider
+
+
+def _send_create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
+                 provider: VideoProvider, deadline: float) -> tuple[str, gate.Pass] | None:
+    """Create the task through the backend's gate, retrying (with jittered, doubling
+    backoff, within the retry budget) only calls that surely created nothing: a
+    transient error. Never resend a call whose outcome is unknown: the provider may
+    be rendering (and billing) already. None when the attempt ended, or went on to
+    resolve an unknown outcome."""
+    index = message.attempt
+    caller = health_policy.caller_id(job.id, index)
+    retry_until = rt.monotonic() + rt.settings.transient_retry_budget_s
     delay = rt.settings.transient_retry_initial_s
     last_failure: AttemptError | None = None
     while True:
-        try:
-            ticket = gate.enter(rt, backend.name, caller)
-        except Exception:
-            if last_failure is None:  # no call went out yet: a redelivery starts clean
-                _abandon(rt, job, index)
-            raise
-        if isinstance(ticket, AttemptError):
-            if (ticket.code == gate.BUSY and last_failure is None
-                    and lifecycle.next_backend(job) is None):
-                # Busy is back-pressure, not a verdict: with no backend left to fall back
-                # to, hand the claim and the hold back and let Pub/Sub redeliver later.
-                _abandon(rt, job, index)
-                raise BackendBusy(ticket.message)
-            # Our own failed calls may have opened the circuit: report what they met.
-            _fail(rt, job.id, index, last_failure or ticket, skipped=last_failure is None)
+        ticket = _enter_gate(rt, backend, job, index, caller, last_failure)
+        if ticket is None:
             return None
         try:
-            task_id = provider.create(_spec(rt, backend, job))
+            return provider.create(_spec(rt, backend, job)), ticket
         except ProviderError as error:
-            failure = AttemptError(error_class=error.error_class, code=error.code,
-                                   message=error.message)
+            failure = _attempt_error(error)
             gate.after_call(rt, ticket, failure, error.throttled)
-            if error.error_class is ErrorClass.UNKNOWN:
-                # Never resend: the provider may be rendering (and billing) already.
+            if error.error_class is ErrorClass.UNKNOWN:  # never resend: see above
                 _mark_unknown(rt, job, index, failure)
                 _resolve_unknown(rt, backend, message, deadline)
                 return None
             last_failure = failure
             wait = max(delay, error.retry_after_s or 0) * random.uniform(0.5, 1.0)
-            if error.error_class is ErrorClass.TRANSIENT and time.monotonic() + wait < retry_until:
-                rt.sleep(wait)
-                delay *= 2
-                continue
-            _fail(rt, job.id, index, failure)
-            return None
-        break
-    # Checkpoint the task id before anything else can fail: a crash after this point
-    # resumes the task instead of facing an unknown outcome.
+            if (error.error_class is not ErrorClass.TRANSIENT
+                    or rt.monotonic() + wait >= retry_until):
+                _fail(rt, job.id, index, failure)
+                return None
+            rt.sleep(wait)
+            delay *= 2
+
+
+def _enter_gate(rt: Runtime, backend: Backend, job: Job, index: int, caller: str,
+                last_failure: AttemptError | None) -> gate.Pass | None:
+    """A pass to call the backend, or None once the attempt has ended without one: the
+    circuit is open or every call slot stayed taken (the backend is skipped), or our
+    own failed calls opened the circuit (the attempt fails with what they met). A busy
+    last backend raises BackendBusy instead: nothing to fall back to, so wait."""
+    try:
+        ticket = gate.enter(rt, backend.name, caller)
+    except Exception:
+        if last_failure is None:  # no call went out yet: a redelivery starts clean
+            _abandon(rt, job, index)
+        raise
+    if not isinstance(ticket, AttemptError):
+        return ticket
+    if ticket.code == gate.BUSY and last_failure is None and lifecycle.next_backend(job) is None:
+        # Busy is back-pressure, not a verdict: with no backend left to fall back
+        # to, hand the claim and the hold back and let Pub/Sub redeliver later.
+        _abandon(rt, job, index)
+        raise BackendBusy(ticket.message)
+    _fail(rt, job.id, index, last_failure or ticket, skipped=last_failure is None)
+    return None
+
+
+def _checkpoint(rt: Runtime, backend: Backend, job: Job, index: int, provider: VideoProvider,
+                task_id: str, ticket: gate.Pass) -> str | None:
+    """Record the task id before anything else can fail: a crash after this point
+    resumes the task instead of facing an unknown outcome. None: the job ended while
+    we were creating, so the task is cancelled (stop paying)."""
     checkpointed = rt.store.mutate(job.id, lambda j: lifecycle.record_task(
         j, index, task_id, rt.clock()))
     gate.after_call(rt, ticket, None)
     if checkpointed is None or not checkpointed[1]:
-        provider.cancel(task_id)  # the job ended while we were creating: stop paying
+        provider.cancel(task_id)
         if checkpointed is not None:
             budget.close(rt, checkpointed[0], index)  # its ending found no hold yet
         return None
@@ -210,8 +269,15 @@ def _create(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
     return task_id
 
 
+def _attempt_error(error: ProviderError) -> AttemptError:
+    """What the job records of a provider's error."""
+    return AttemptError(error_class=error.error_class, code=error.code, message=error.message)
+
+
 def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task_id: str,
                      deadline: float) -> None:
+    """Poll the task until it ends (then settle the attempt) or this invocation's
+    deadline nears (then hand off to a continuation)."""
     provider = rt.provider(backend.name)
     first = True
     while True:
@@ -223,32 +289,47 @@ def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task
             status = provider.poll(task_id)
         except ProviderError as error:
             if error.error_class is not ErrorClass.TRANSIENT:
-                _fail(rt, message.job_id, message.attempt, AttemptError(
-                    error_class=error.error_class, code=error.code, message=error.message))
+                _fail(rt, message.job_id, message.attempt, _attempt_error(error))
                 return
             status = TaskStatus(state=TaskState.RUNNING)
         if status.state is TaskState.SUCCEEDED:
             _succeed(rt, backend, message, status)
             return
         if status.state is TaskState.FAILED:
-            failure = status.error or ProviderError(ErrorClass.BACKEND, "failed", "task failed")
-            verdict = AttemptError(error_class=failure.error_class, code=failure.code,
-                                   message=failure.message)
-            if health_policy.is_strike(verdict.error_class, failure.throttled):
-                gate.strike(rt, backend.name, verdict)
-            else:
-                gate.no_verdict(rt, backend.name, f"{message.job_id}:{message.attempt}")
-            _fail(rt, message.job_id, message.attempt, verdict)
+            _task_failed(rt, backend, message, status)
             return
         if status.state is TaskState.CANCELLED:
             _fail(rt, message.job_id, message.attempt, AttemptError(
                 error_class=ErrorClass.BACKEND, code="cancelled_by_provider",
                 message="the provider cancelled the task"))
             return
-        if time.monotonic() + rt.settings.poll_interval_s > deadline:
-            _hand_off(rt, backend, message)
+        if not _wait_or_hand_off(rt, backend, message, deadline):
             return
-        rt.sleep(rt.settings.poll_interval_s)
+
+
+def _task_failed(rt: Runtime, backend: Backend, message: RenderMessage,
+                 status: TaskStatus) -> None:
+    """The provider failed the task: a strike if that says the backend is unwell; if
+    not (a refusal, a 429) and this attempt held the probe, another caller may probe.
+    The attempt fails either way."""
+    failure = status.error or ProviderError(ErrorClass.BACKEND, "failed", "task failed")
+    verdict = _attempt_error(failure)
+    if health_policy.is_strike(verdict.error_class, failure.throttled):
+        gate.strike(rt, backend.name, verdict)
+    else:
+        gate.no_verdict(rt, backend.name, health_policy.caller_id(message.job_id, message.attempt))
+    _fail(rt, message.job_id, message.attempt, verdict)
+
+
+def _wait_or_hand_off(rt: Runtime, backend: Backend, message: RenderMessage,
+                      deadline: float) -> bool:
+    """Sleep one poll interval; or, if that would outlive this invocation's deadline,
+    hand off to a continuation and return False."""
+    if rt.monotonic() + rt.settings.poll_interval_s > deadline:
+        _hand_off(rt, backend, message)
+        return False
+    rt.sleep(rt.settings.poll_interval_s)
+    return True
 
 
 def _abandon(rt: Runtime, job: Job, index: int) -> None:
@@ -259,6 +340,7 @@ def _abandon(rt: Runtime, job: Job, index: int) -> None:
 
 
 def _mark_unknown(rt: Runtime, job: Job, index: int, error: AttemptError) -> None:
+    """Record that the create call's outcome is unknown, so no delivery resends it."""
     rt.store.mutate(job.id, lambda j: lifecycle.mark_unknown(j, index, error, rt.clock()))
     log(logger, logging.WARNING, f"create outcome unknown: {error.code}", job_id=job.id,
         attempt=index, backend=job.attempts[index].backend, error_message=error.message)
@@ -275,7 +357,6 @@ def _resolve_unknown(rt: Runtime, backend: Backend, message: RenderMessage,
     surely passed; the attempt then counts as charged (the provider may have
     rendered it) and the job falls back.
     """
-    provider = rt.provider(backend.name)
     wait = rt.settings.unknown_outcome_wait_s or backend.limits.task_timeout_s
     while True:
         if _ended_elsewhere(rt, message):
@@ -287,33 +368,43 @@ def _resolve_unknown(rt: Runtime, backend: Backend, message: RenderMessage,
             _poll_until_done(rt, backend, message, attempt.provider_task_id, deadline)
             return
         age = (rt.clock() - attempt.started_at).total_seconds()
-        if provider.can_find_tasks:
-            try:
-                found = provider.find_task(_spec(rt, backend, job), attempt.started_at)
-            except ProviderError:
-                found = None  # could not look: try again shortly
-            else:
-                if found is None and age > rt.settings.create_timeout_s * 2:
-                    _fail(rt, job.id, message.attempt, AttemptError(
-                        error_class=ErrorClass.TRANSIENT, code="create_not_received",
-                        message="the cut-off create call made no task at the provider"))
-                    return
-            if found is not None:
-                if _adopt(rt, message, found):
-                    log(logger, logging.INFO, "unknown create resolved: the task exists",
-                        job_id=job.id, backend=backend.name, provider_task_id=found)
-                    _poll_until_done(rt, backend, message, found, deadline)
-                return
+        if (rt.provider(backend.name).can_find_tasks
+                and _search_provider(rt, backend, job, message, age, deadline)):
+            return
         if age >= wait:
             _fail(rt, job.id, message.attempt, AttemptError(
                 error_class=ErrorClass.UNKNOWN, code="create_outcome_unknown",
                 message=f"no verdict from {backend.name} within its {wait:.0f} s task "
                         "timeout; counted as charged"), cost_usd=attempt.estimated_cost_usd)
             return
-        if time.monotonic() + rt.settings.poll_interval_s > deadline:
-            _hand_off(rt, backend, message)
+        if not _wait_or_hand_off(rt, backend, message, deadline):
             return
-        rt.sleep(rt.settings.poll_interval_s)
+
+
+def _search_provider(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
+                     age: float, deadline: float) -> bool:
+    """Look for a task made for this attempt's spec: one found is adopted and polled;
+    none found once the provider has surely recorded the cut-off call (the attempt,
+    `age` seconds old when the search began, is older than twice the create timeout)
+    means none exists, and the attempt fails at no charge. False: no verdict yet (or
+    the search itself failed): look again shortly."""
+    started_at = job.attempts[message.attempt].started_at
+    try:
+        found = rt.provider(backend.name).find_task(_spec(rt, backend, job), started_at)
+    except ProviderError:
+        return False
+    if found is None:
+        if age <= rt.settings.create_timeout_s * 2:
+            return False
+        _fail(rt, job.id, message.attempt, AttemptError(
+            error_class=ErrorClass.TRANSIENT, code="create_not_received",
+            message="the cut-off create call made no task at the provider"))
+        return True
+    if _adopt(rt, message, found):
+        log(logger, logging.INFO, "unknown create resolved: the task exists",
+            job_id=job.id, backend=backend.name, provider_task_id=found)
+        _poll_until_done(rt, backend, message, found, deadline)
+    return True
 
 
 def _adopt(rt: Runtime, message: RenderMessage, task_id: str) -> bool:
@@ -354,9 +445,7 @@ def _ended_elsewhere(rt: Runtime, message: RenderMessage, backend: Backend | Non
         failure = AttemptError(error_class=ErrorClass.BACKEND, code="task_timeout",
                                message=f"the task ran past {backend.name}'s "
                                        f"{backend.limits.task_timeout_s} s task timeout")
-        gate.strike(rt, backend.name, failure)
-        _fail(rt, message.job_id, message.attempt, failure,
-              cost_usd=attempt.estimated_cost_usd)
+        _strike_and_fail(rt, backend, message, failure, attempt.estimated_cost_usd)
         return True
     return False
 
@@ -366,74 +455,115 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
     and end the job with it. Memory stays bounded whatever the concurrency: the
     download streams to a file, the check decodes frame by frame, the upload
     streams from the file, and rt.output_checks bounds how many run at once."""
-    provider = rt.provider(backend.name)
     job = rt.store.get(message.job_id)
     if job is None or job.status.terminal:
         return
-    request = job.request
     # Streamed to a file, never held whole; and at most output_checks_at_once outputs
     # on disk and decoding at once in this process, however many renders it serves.
     with rt.output_checks, tempfile.TemporaryDirectory(prefix="aiprod-") as tmp:
         path = Path(tmp) / "output.mp4"
-        rendered_cost = (status.cost_usd if status.cost_usd is not None
-                         else job.attempts[message.attempt].estimated_cost_usd)
-        try:
-            provider.download(status, path)
-            info = media.probe_video(path)
-        except ProviderError as error:
-            if error.error_class is ErrorClass.TRANSIENT:
-                # The render is done and paid for: fetch it again later, never re-render.
-                log(logger, logging.WARNING, f"output download failed, will retry: {error}",
-                    job_id=message.job_id, backend=backend.name)
-                _hand_off(rt, backend, message)
-                return
-            failure = AttemptError(error_class=ErrorClass.OUTPUT_CHECK,
-                                   code="output_unavailable", message=str(error))
-            gate.strike(rt, backend.name, failure)
-            _fail(rt, message.job_id, message.attempt, failure, cost_usd=rendered_cost)
+        info = _fetch_output(rt, backend, job, message, status, path)
+        if info is None:
             return
-        except media.InvalidVideo as error:
-            failure = AttemptError(error_class=ErrorClass.OUTPUT_CHECK,
-                                   code="undecodable_output", message=str(error))
-            gate.strike(rt, backend.name, failure)
-            _fail(rt, message.job_id, message.attempt, failure, cost_usd=rendered_cost)
+        checked = _check_output(rt, backend, job, message, status, info)
+        if checked is None:
             return
-        billed_seconds = min(request.duration_seconds, max(1, round(info.duration_s)))
-        cost = status.cost_usd if status.cost_usd is not None else pricing.estimate_usd(
-            backend, billed_seconds, request.audio, request.resolution)
-        verdict = quality.check(
-            quality.Observed(info.width, info.height, info.duration_s, info.blank_fraction,
-                             info.frozen_fraction),
-            request.duration_seconds, request.aspect_ratio.value, backend.quality,
-            request.resolution)
-        if not verdict.passed:
-            failure = AttemptError(error_class=ErrorClass.OUTPUT_CHECK, code="output_check_failed",
-                                   message="the output " + "; ".join(verdict.problems))
-            gate.strike(rt, backend.name, failure)
-            _fail(rt, message.job_id, message.attempt, failure, cost_usd=cost,
-                  quality=verdict.score)
-            return
-        digest = hashlib.sha256()
-        with path.open("rb") as data:
-            for chunk in iter(lambda: data.read(1024 * 1024), b""):
-                digest.update(chunk)
-        size = path.stat().st_size
-        uri = rt.outputs.put(path, f"jobs/{message.job_id}/output.mp4", OUTPUT_CONTENT_TYPE)
-    output = Output(uri=uri, mime_type=OUTPUT_CONTENT_TYPE, duration_seconds=info.duration_s,
-                    width=info.width, height=info.height, bytes=size, sha256=digest.hexdigest())
+        cost, score = checked
+        output = _store_output(rt, message, path, info)
+    _record_success(rt, backend, message, output, cost, score)
+
+
+def _fetch_output(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
+                  status: TaskStatus, path: Path) -> media.VideoInfo | None:
+    """Download the output to `path` and decode it whole (what catches a truncated
+    download). None: the attempt ended (no output to be had, or none decodable), or
+    was handed off to fetch it again later (a transient download error)."""
+    rendered_cost = (status.cost_usd if status.cost_usd is not None
+                     else job.attempts[message.attempt].estimated_cost_usd)
+    try:
+        rt.provider(backend.name).download(status, path)
+        return media.probe_video(path)
+    except ProviderError as error:
+        if error.error_class is ErrorClass.TRANSIENT:
+            # The render is done and paid for: fetch it again later, never re-render.
+            log(logger, logging.WARNING, f"output download failed, will retry: {error}",
+                job_id=message.job_id, backend=backend.name)
+            _hand_off(rt, backend, message)
+            return None
+        _strike_and_fail(rt, backend, message, AttemptError(
+            error_class=ErrorClass.OUTPUT_CHECK, code="output_unavailable",
+            message=str(error)), rendered_cost)
+    except media.InvalidVideo as error:
+        _strike_and_fail(rt, backend, message, AttemptError(
+            error_class=ErrorClass.OUTPUT_CHECK, code="undecodable_output",
+            message=str(error)), rendered_cost)
+    return None
+
+
+def _check_output(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
+                  status: TaskStatus, info: media.VideoInfo) -> tuple[float, float] | None:
+    """What the render cost (the provider's figure, else our price for the seconds it
+    delivered) and its quality score. None: it failed the output check, and the
+    attempt ended charged (the provider rendered it)."""
+    request = job.request
+    billed_seconds = min(request.duration_seconds, max(1, round(info.duration_s)))
+    cost = status.cost_usd if status.cost_usd is not None else pricing.estimate_usd(
+        backend, billed_seconds, request.audio, request.resolution)
+    verdict = quality.check(
+        quality.Observed(info.width, info.height, info.duration_s, info.blank_fraction,
+                         info.frozen_fraction),
+        request.duration_seconds, request.aspect_ratio.value, backend.quality,
+        request.resolution)
+    if not verdict.passed:
+        _strike_and_fail(rt, backend, message, AttemptError(
+            error_class=ErrorClass.OUTPUT_CHECK, code="output_check_failed",
+            message="the output " + "; ".join(verdict.problems)), cost,
+            quality=verdict.score)
+        return None
+    return cost, verdict.score
+
+
+def _store_output(rt: Runtime, message: RenderMessage, path: Path,
+                  info: media.VideoInfo) -> Output:
+    """Upload the checked output (streamed from the file) and describe it, with the
+    digest a caller can verify their download by."""
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        for chunk in iter(lambda: data.read(1024 * 1024), b""):
+            digest.update(chunk)
+    size = path.stat().st_size
+    uri = rt.outputs.put(path, f"jobs/{message.job_id}/output.mp4", OUTPUT_CONTENT_TYPE)
+    return Output(uri=uri, mime_type=OUTPUT_CONTENT_TYPE, duration_seconds=info.duration_s,
+                  width=info.width, height=info.height, bytes=size, sha256=digest.hexdigest())
+
+
+def _record_success(rt: Runtime, backend: Backend, message: RenderMessage, output: Output,
+                    cost: float, score: float) -> None:
+    """End the job with its output; only the delivery that changed the job settles the
+    budget, closes the backend's circuit and announces the end."""
     done = rt.store.mutate(message.job_id, lambda j: lifecycle.succeed(
-        j, message.attempt, output, cost, verdict.score, rt.clock()))
+        j, message.attempt, output, cost, score, rt.clock()))
     if done is None:
         return
     job, changed = done
     if changed:
         log(logger, logging.INFO, "job succeeded", job_id=job.id, backend=backend.name,
-            cost_usd=cost, output_uri=uri)
+            cost_usd=cost, output_uri=output.uri)
         telemetry.ended(job)
-        stats.attempt_ended(rt, job, message.attempt, verdict.score)
+        stats.attempt_ended(rt, job, message.attempt, score)
         budget.close(rt, job, message.attempt)
         gate.rendered(rt, backend.name)
         emit_terminal(rt, job)
+
+
+def _strike_and_fail(rt: Runtime, backend: Backend, message: RenderMessage,
+                     failure: AttemptError, cost_usd: float,
+                     quality: float | None = None) -> None:
+    """The backend failed after rendering (an unusable output, a task past its
+    timeout): a strike against its health, and the attempt ends charged `cost_usd`,
+    since the provider bills what it rendered (and `quality`, what the check scored)."""
+    gate.strike(rt, backend.name, failure)
+    _fail(rt, message.job_id, message.attempt, failure, cost_usd=cost_usd, quality=quality)
 
 
 def _fail(rt: Runtime, job_id: str, index: int, error: AttemptError,

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
         off to a continuation before this runs out."""
         return dt.timedelta(seconds=self.create_timeout_s + self.render_deadline_s + 60)
 
+    @property
+    def circuit_cooldown(self) -> dt.timedelta:
+        """How long an open circuit keeps callers away before one probe may go
+        (aiprod.domain.health.cools_until reckons it)."""
+        return dt.timedelta(seconds=self.circuit_cooldown_s)
+
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path)
 

@@ -49,6 +49,9 @@ class Runtime:
     stats: StatsStore = field(default_factory=MemoryStats)
     clock: Callable[[], dt.datetime] = utcnow
     sleep: Callable[[float], None] = time.sleep
+    # Seconds for deadlines within one invocation (never jumps, unlike the wall clock);
+    # a seam so a test's clock moves it when its sleep "waits".
+    monotonic: Callable[[], float] = time.monotonic
     _providers: dict[str, VideoProvider] = field(default_factory=dict)
     _providers_lock: threading.Lock = field(default_factory=threading.Lock)
     # At most settings.output_checks_at_once outputs downloaded and decoded at once in
