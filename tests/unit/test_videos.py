@@ -269,3 +269,30 @@ def test_content_before_completion_and_errors_of_every_kind(fx: Fakes, key: str)
     # AIPROD's own routes keep problem+json.
     assert call(fx, "GET", "/v1/jobs/job_" + "0" * 32, key).content_type == \
         "application/problem+json"
+
+
+def test_content_redirects_to_a_signed_url_or_sends_the_bytes(fx: Fakes, key: str,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Any) -> None:
+    video_id = body(call(fx, "POST", "/v1/videos", key, json={"prompt": "fox"}))["id"]
+    mp4 = tmp_path / "out.mp4"
+    mp4.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    uri = fx.rt.outputs.put(mp4, f"jobs/{video_id}/output.mp4", "video/mp4")
+
+    def succeed(job: Any) -> None:
+        job.status = JobStatus.SUCCEEDED
+        job.output = Output(uri=uri, duration_seconds=5, width=1280, height=720,
+                            bytes=mp4.stat().st_size, sha256="0" * 64)
+    fx.store.mutate(video_id, succeed)
+
+    local = call(fx, "GET", f"/v1/videos/{video_id}/content", key)  # file://: no URL to sign
+    assert local.status_code == 200
+    assert local.mimetype == "video/mp4"
+    assert local.get_data() == mp4.read_bytes()
+    signed = "https://storage.googleapis.com/outputs/x.mp4?X-Goog-Signature=ab"
+    monkeypatch.setattr(fx.rt.outputs, "download_url", lambda uri, ttl: signed)
+    redirected = call(fx, "GET", f"/v1/videos/{video_id}/content", key)
+    assert redirected.status_code == 302
+    assert redirected.headers["Location"] == signed
+    thumbnail = call(fx, "GET", f"/v1/videos/{video_id}/content?variant=thumbnail", key)
+    assert (thumbnail.status_code, body(thumbnail)["error"]["param"]) == (400, "variant")
