@@ -13,7 +13,7 @@ from werkzeug.test import EnvironBuilder
 
 from aiprod.domain import routing
 from aiprod.domain.job import AttemptError, ErrorClass, JobRequest, JobStatus, Output
-from aiprod.http import api, videos
+from aiprod.http import api, openapi, videos
 from aiprod.http.problems import Problem
 from aiprod.services.access import create_key
 from tests.fakes import Fakes
@@ -142,6 +142,8 @@ def test_a_job_as_a_video_through_its_life(fx: Fakes) -> None:
     cancelled = videos.video(fx.rt, job.model_copy(update={"status": JobStatus.CANCELLED}))
     assert cancelled["status"] == "failed"
     assert cancelled["error"]["code"] == "cancelled"
+    for shown in (queued, completed, cancelled):  # the documented shape (docs/openapi.json)
+        openapi.VideoView.model_validate(shown)
 
 
 def test_a_failed_video_carries_the_last_attempts_error_code(fx: Fakes) -> None:
@@ -173,6 +175,18 @@ def test_errors_take_the_openai_shape_with_the_callers_param_names() -> None:
     assert (error["type"], error["param"], error["code"]) == (
         "invalid_request_error", "seconds", "rejected-unsupported")
     assert error["aiprod"]["reason"] == "unsupported"
+    openapi.OpenAIErrorView.model_validate(body(response))
+
+
+def test_a_retry_with_the_same_idempotency_key_is_the_same_video(fx: Fakes, key: str) -> None:
+    headers = {"Idempotency-Key": "order-1042"}
+    first = call(fx, "POST", "/v1/videos", key, headers=headers, data={"prompt": "fox"})
+    again = call(fx, "POST", "/v1/videos", key, headers=headers, data={"prompt": "fox"})
+    assert body(first)["id"] == body(again)["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(fx.store.docs) == 1
+    other = call(fx, "POST", "/v1/videos", key, headers=headers, data={"prompt": "otter"})
+    assert (other.status_code, body(other)["error"]["code"]) == (422, "idempotency-key-reused")
 
 
 # -- the routes, through api.handle ------------------------------------------------------------
@@ -238,16 +252,28 @@ def test_jobs_made_either_way_are_listed_newest_first_with_a_cursor(fx: Fakes,
     assert (bad.status_code, body(bad)["error"]["param"]) == (400, "limit")
 
 
-def test_delete_cancels_a_running_video_and_keeps_a_finished_one(fx: Fakes, key: str) -> None:
-    video_id = body(call(fx, "POST", "/v1/videos", key, json={"prompt": "fox"}))["id"]
-    deleted = body(call(fx, "DELETE", f"/v1/videos/{video_id}", key))
-    assert deleted == {"id": video_id, "object": "video.deleted", "deleted": True}
-    job = fx.store.get(video_id)
+def test_delete_cancels_a_running_video_and_hides_it_but_keeps_the_job(fx: Fakes,
+                                                                      key: str) -> None:
+    ids = []
+    for n in range(3):
+        fx.clock.advance(1)
+        ids.append(body(call(fx, "POST", "/v1/videos", key, json={"prompt": f"fox {n}"}))["id"])
+    deleted = body(call(fx, "DELETE", f"/v1/videos/{ids[1]}", key))
+    assert deleted == {"id": ids[1], "object": "video.deleted", "deleted": True}
+    job = fx.store.get(ids[1])
     assert job is not None
-    assert job.status is JobStatus.CANCELLED
-    again = body(call(fx, "DELETE", f"/v1/videos/{video_id}", key))
-    assert again["deleted"] is False
-    assert body(call(fx, "GET", f"/v1/videos/{video_id}", key))["status"] == "failed"
+    assert job.status is JobStatus.CANCELLED  # nothing more is spent on it
+    for path in (f"/v1/videos/{ids[1]}", f"/v1/videos/{ids[1]}/content"):
+        gone = call(fx, "GET", path, key)
+        assert (gone.status_code, body(gone)["error"]["code"]) == (404, "video-not-found")
+    assert call(fx, "DELETE", f"/v1/videos/{ids[1]}", key).status_code == 404
+    assert body(call(fx, "GET", f"/v1/jobs/{ids[1]}", key))["status"] == "CANCELLED"
+    # The list skips it without coming up short: one deleted in a page of 2.
+    page = body(call(fx, "GET", "/v1/videos?limit=1&order=asc", key))
+    assert [v["id"] for v in page["data"]] == [ids[0]]
+    rest = body(call(fx, "GET", f"/v1/videos?limit=1&order=asc&after={ids[0]}", key))
+    assert [v["id"] for v in rest["data"]] == [ids[2]]
+    assert rest["has_more"] is False
 
 
 def test_content_before_completion_and_errors_of_every_kind(fx: Fakes, key: str) -> None:

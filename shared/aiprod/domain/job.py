@@ -234,6 +234,9 @@ class Job(BaseModel):
     correlation_id: str | None = None
     created_at: datetime
     updated_at: datetime
+    # DELETE /v1/videos/{id}: gone from the videos API, as the OpenAI shape promises; the
+    # job stays (GET /v1/jobs/{id}): it is the billing record.
+    video_deleted_at: datetime | None = None
 
     @property
     def current_attempt(self) -> Attempt | None:

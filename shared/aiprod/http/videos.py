@@ -14,6 +14,7 @@ exception classes (400 BadRequestError, 401 AuthenticationError, 404 NotFoundErr
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 from typing import Any
@@ -73,6 +74,16 @@ def error_response(problem: Problem) -> Response:
                                                         "title": problem.title} | extra}}
     return Response(json.dumps(body, default=str), status=problem.status,
                     headers=problem.headers, content_type="application/json")
+
+
+def _own_video(rt: Runtime, request: Request, video_id: str) -> Job:
+    """The caller's job, unless it was deleted as a video: else a 404."""
+    job = api._own_job(rt, request, video_id)
+    if job.video_deleted_at is not None:
+        raise Problem(404, "video-not-found", "No such video",
+                      f"video {video_id} was deleted (the job stays at /v1/jobs/{video_id})",
+                      field="video_id")
+    return job
 
 
 def _bad(param: str, message: str, slug: str = "invalid-request") -> Problem:
@@ -298,7 +309,7 @@ def create_video(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
 
 
 def get_video(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
-    job = api._own_job(rt, request, args["video_id"])
+    job = _own_video(rt, request, args["video_id"])
     headers = {} if job.status.terminal else {"openai-poll-after-ms": _poll_after_ms(request)}
     return api._json(video(rt, job), headers=headers)
 
@@ -306,9 +317,6 @@ def get_video(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
 def list_videos(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
     """The caller's videos (jobs made either way), newest first unless `order=asc`,
     `limit` at a time; `after` (the last id of a page) gives the next page."""
-    for name in request.args:
-        if name not in ("after", "limit", "order"):
-            raise _bad(name, "not a parameter of this list; use after, limit, order")
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):
         raise _bad("order", "give asc or desc")
@@ -321,30 +329,37 @@ def list_videos(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
         cursor = rt.store.get(after) if api.JOB_ID.fullmatch(after) else None
         if cursor is None or cursor.owner != owner:
             raise _bad("after", f"there is no video {after}")
-    jobs, more = rt.store.owned(owner, int(raw_limit), after, newest_first=order == "desc")
-    data = [video(rt, job) for job in jobs]
+    limit, more, last = int(raw_limit), True, after
+    shown: list[Job] = []
+    while len(shown) < limit and more:  # deleted videos are skipped, not counted
+        jobs, more = rt.store.owned(owner, limit, last, newest_first=order == "desc")
+        if not jobs:
+            break
+        shown += [job for job in jobs if job.video_deleted_at is None]
+        last = jobs[-1].id
+    more = more or len(shown) > limit
+    data = [video(rt, job) for job in shown[:limit]]
     return api._json({"object": "list", "data": data,
                       "first_id": data[0]["id"] if data else None,
                       "last_id": data[-1]["id"] if data else None, "has_more": more})
 
 
 def delete_video(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
-    """A video still queued or rendering is cancelled (as POST /v1/jobs/{id}:cancel):
-    `deleted: true`, nothing more is spent on it. A finished one is kept (the job is
-    the billing record; its output expires with the bucket's retention): `deleted:
-    false`, which the SDK returns without raising."""
-    job = api._own_job(rt, request, args["video_id"])
-    deleted = False
+    """A video still queued or rendering is cancelled first (as POST
+    /v1/jobs/{id}:cancel), so nothing more is spent on it. Then it is gone from the
+    videos API (retrieve, list, content: 404), as the OpenAI shape promises; the job
+    stays at /v1/jobs/{id}, the billing record, and its MP4 in the bucket until the
+    bucket's retention (output_retention_days) removes it."""
+    job = _own_video(rt, request, args["video_id"])
     if not job.status.terminal:
-        try:
-            deleted = cancellation.cancel_job(rt, job.id) is not None
-        except cancellation.NotCancellable:
-            deleted = False  # it ended meanwhile
-    body: dict[str, Any] = {"id": job.id, "object": "video.deleted", "deleted": deleted}
-    if not deleted:
-        body["detail"] = ("the video already ended; AIPROD keeps finished jobs as billing "
-                          "records and their outputs until the bucket's retention removes them")
-    return api._json(body)
+        with contextlib.suppress(cancellation.NotCancellable):  # it ended meanwhile
+            cancellation.cancel_job(rt, job.id)
+    now = rt.clock()
+
+    def hide(stored: Job) -> None:
+        stored.video_deleted_at = stored.video_deleted_at or now
+    rt.store.mutate(job.id, hide)
+    return api._json({"id": job.id, "object": "video.deleted", "deleted": True})
 
 
 def video_content(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
@@ -353,7 +368,7 @@ def video_content(rt: Runtime, request: Request, args: dict[str, str]) -> Respon
     variant = request.args.get("variant", "video")
     if variant != "video":
         raise _bad("variant", f"only the video is kept, not a {variant}")
-    job = api._own_job(rt, request, args["video_id"])
+    job = _own_video(rt, request, args["video_id"])
     if job.output is None:
         raise Problem(404, "video-not-ready", "The video is not ready",
                       f"video {job.id} is {STATUSES[job.status]}; its content exists once it "
