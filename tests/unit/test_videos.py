@@ -322,3 +322,14 @@ def test_content_redirects_to_a_signed_url_or_sends_the_bytes(fx: Fakes, key: st
     assert redirected.headers["Location"] == signed
     thumbnail = call(fx, "GET", f"/v1/videos/{video_id}/content?variant=thumbnail", key)
     assert (thumbnail.status_code, body(thumbnail)["error"]["param"]) == (400, "variant")
+
+
+def test_input_reference_as_the_sdks_object_or_a_url_is_the_image_url(fx: Fakes) -> None:
+    url = "https://images.example.com/fox.png"
+    for given in ({"image_url": url}, url):
+        request = videos.job_request(fx.rt, {"prompt": "fox", "input_reference": given})
+        assert request.image_url == url
+        assert request.mode.value == "image_to_video"
+    form = call(fx, "POST", "/v1/videos", create_key(fx.access, "f")[1],
+                data={"prompt": "fox", "input_reference[image_url]": "ftp://x/fox.png"})
+    assert (form.status_code, body(form)["error"]["param"]) == (400, "input_reference")
