@@ -13,8 +13,8 @@ from werkzeug.test import EnvironBuilder
 
 from aiprod.domain import routing
 from aiprod.domain.job import AttemptError, ErrorClass, JobRequest, JobStatus, Output
+from aiprod.domain.problems import Problem
 from aiprod.http import api, openapi, videos
-from aiprod.http.problems import Problem
 from aiprod.services.access import create_key
 from tests.fakes import Fakes
 from tests.service_helpers import admit

@@ -25,8 +25,8 @@ from werkzeug.routing import Rule
 
 from aiprod.adapters.storage import SigningUnavailable
 from aiprod.domain.job import TERMINAL_JOB_STATUSES, AspectRatio, Job, JobRequest, JobStatus, Policy
+from aiprod.domain.problems import Problem, invalid_request, malformed_json
 from aiprod.http import api
-from aiprod.http.problems import Problem, invalid_request, malformed_json
 from aiprod.services import access
 from aiprod.services import cancel as cancellation
 from aiprod.wiring.runtime import Runtime
