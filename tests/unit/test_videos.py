@@ -333,3 +333,21 @@ def test_input_reference_as_the_sdks_object_or_a_url_is_the_image_url(fx: Fakes)
     form = call(fx, "POST", "/v1/videos", create_key(fx.access, "f")[1],
                 data={"prompt": "fox", "input_reference[image_url]": "ftp://x/fox.png"})
     assert (form.status_code, body(form)["error"]["param"]) == (400, "input_reference")
+
+
+def test_progress_while_rendering_is_the_attempts_time_over_the_backends_latency(
+        fx: Fakes) -> None:
+    from aiprod.domain.job import Attempt, AttemptStatus
+
+    job = admit(fx, prompt="a fox")
+    backend = fx.rt.catalog.get(job.plan[0])
+    started = fx.clock()
+    rendering = job.model_copy(update={"status": JobStatus.RENDERING, "attempts": [Attempt(
+        backend=backend.name, status=AttemptStatus.RUNNING, started_at=started,
+        estimated_cost_usd=job.estimated_cost_usd)]})
+    fx.clock.advance(backend.typical_latency_s / 2)
+    halfway = videos.video(fx.rt, rendering)
+    assert (halfway["status"], halfway["progress"], halfway["model"]) == (
+        "in_progress", 50, backend.name)
+    fx.clock.advance(backend.typical_latency_s * 2)
+    assert videos.video(fx.rt, rendering)["progress"] == 95  # never 100 before it is done
