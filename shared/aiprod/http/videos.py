@@ -100,8 +100,9 @@ def policy_aliases() -> dict[str, Policy]:
 
 def _nominal_size(request: JobRequest) -> str:
     """The frame a request asks for, as WIDTHxHEIGHT, before a video exists."""
-    resolution = getattr(request, "resolution", None)
-    short = int(str(getattr(resolution, "value", resolution))[:-1]) if resolution else 720
+    resolution = getattr(request, "resolution", None)  # "1080p", when the field exists
+    digits = re.fullmatch(r"([0-9]+)p", str(getattr(resolution, "value", resolution)))
+    short = int(digits[1]) if digits else 720
     long = round(short * 16 / 9 / 2) * 2
     if request.aspect_ratio is AspectRatio.LANDSCAPE:
         return f"{long}x{short}"
