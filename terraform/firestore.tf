@@ -72,3 +72,29 @@ resource "google_firestore_index" "jobs_unmoved" {
     order      = "ASCENDING"
   }
 }
+
+# A caller's job listing (GET /v1/videos, shared/aiprod/adapters/store.py,
+# FirestoreJobStore.owned): an equality filter on owner ordered by created_at, newest
+# or oldest first. Like the watchdog's query, production Firestore serves it only
+# from a composite index, and a composite index serves only the directions it lists
+# (https://cloud.google.com/firestore/docs/query-data/index-overview), so one index
+# per order.
+resource "google_firestore_index" "jobs_owned" {
+  for_each = toset(["ASCENDING", "DESCENDING"])
+
+  database   = google_firestore_database.main.name
+  collection = "jobs"
+
+  fields {
+    field_path = "owner"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "created_at"
+    order      = each.value
+  }
+  fields {
+    field_path = "__name__"
+    order      = each.value
+  }
+}

@@ -111,6 +111,19 @@ class FakeStore:
         last = (page[-1].updated_at, page[-1].id) if len(page) == limit else None
         return page, last
 
+    def owned(self, owner: str, limit: int, after: str | None = None,
+              newest_first: bool = True) -> tuple[list[Job], bool]:
+        with self._lock:
+            jobs = sorted((job_from_doc(dict(d)) for d in self.docs.values()
+                           if d["owner"] == owner),
+                          key=lambda j: (j.created_at, j.id), reverse=newest_first)
+        if after is not None:
+            ids = [j.id for j in jobs]
+            if after not in ids:
+                return [], False
+            jobs = jobs[ids.index(after) + 1:]
+        return jobs[:limit], len(jobs) > limit
+
     def put(self, job: Job) -> None:
         """Test setup: store a job in a given state."""
         with self._lock:
@@ -339,10 +352,12 @@ class FakeHealth:
 
 # -- access --------------------------------------------------------------------------------
 class FakeAccess:
-    """Only API keys (what the render path reads); the rest is the HTTP layer's."""
+    """API keys, rate-limit counters and Idempotency-Key records, in memory."""
 
     def __init__(self) -> None:
         self.keys: dict[str, ApiKey] = {}
+        self.counts: dict[tuple[str, dt.datetime, int], int] = {}
+        self.idempotency: dict[str, Any] = {}
 
     def create_key(self, key: ApiKey) -> None:
         self.keys[key.id] = key
@@ -358,10 +373,15 @@ class FakeAccess:
 
     def count_request(self, key_id: str, window: dt.datetime, shard: int,
                       expires_at: dt.datetime) -> int:
-        raise NotImplementedError("not needed by the service tests")
+        slot = (key_id, window, shard)
+        self.counts[slot] = self.counts.get(slot, 0) + 1
+        return self.counts[slot]
 
     def claim_idempotency(self, record_id: str, record: Any, now: dt.datetime) -> Any:
-        raise NotImplementedError("not needed by the service tests")
+        stored = self.idempotency.get(record_id)
+        if stored is None or stored.expires_at <= now:
+            self.idempotency[record_id] = stored = record
+        return stored
 
 
 # -- reuse index ---------------------------------------------------------------------------

@@ -35,8 +35,10 @@ pytestmark = pytest.mark.emulator
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 SEED = os.environ.get("AIPROD_FUZZ_SEED", "20261126")
 MIN_REQUESTS = 1000
+SECONDS_PER_OPERATION = 22
 
 
+@pytest.mark.timeout(600)  # the run (up to 420 s), then its jobs finishing
 def test_the_live_api_keeps_its_openapi_contract(stack: LocalStack, tmp_path: Path) -> None:
     key = stack.new_key("schemathesis", daily_budget_usd=10, rate_limit_rpm=1_000_000)
     report = tmp_path / "schemathesis.json"
@@ -48,7 +50,7 @@ def test_the_live_api_keeps_its_openapi_contract(stack: LocalStack, tmp_path: Pa
          "--max-examples", "120", "--workers", "2", "--seed", SEED,
          "--request-timeout", "30",
          "--report", "json", "--report-json-path", str(report)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, timeout=420, cwd=tmp_path)
     elapsed = time.monotonic() - started
     output = run.stdout[-6000:] + run.stderr[-2000:]
     summary = json.loads(report.read_text())
@@ -58,8 +60,11 @@ def test_the_live_api_keeps_its_openapi_contract(stack: LocalStack, tmp_path: Pa
     assert summary["errors"] == [], output
     assert summary["test_cases"]["generated"] >= MIN_REQUESTS, summary["test_cases"]
     operations = summary["operations"]
-    assert operations["tested"] == operations["total"] >= 7, operations
-    assert elapsed < 150, f"the run took {elapsed:.0f} s"
+    assert operations["tested"] == operations["total"] >= 12, operations
+    # About 100 examples per operation: the bound grows with the operations (it was
+    # 150 s for the first 7; the /v1/videos routes added 5).
+    assert elapsed < SECONDS_PER_OPERATION * operations["total"], \
+        f"the run took {elapsed:.0f} s for {operations['total']} operations"
 
     # Let the jobs the run created finish before other tests count simulator calls.
     owner = f"key:{key.split('_')[1]}"

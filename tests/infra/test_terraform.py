@@ -832,6 +832,23 @@ def test_the_watchdogs_query_has_its_composite_index(deployment: Deployment) -> 
     assert deployment.resolve(index.get("database")).type == "google_firestore_database"
 
 
+def test_the_callers_job_listing_has_its_composite_indexes(deployment: Deployment) -> None:
+    """GET /v1/videos lists a caller's jobs: owner == X ordered by created_at, newest
+    or oldest first. Production Firestore needs a composite index for each direction
+    (https://cloud.google.com/firestore/docs/query-data/index-overview); the emulator
+    runs the query without one."""
+    from aiprod.adapters.store import JOBS, OWNED_QUERY_FIELDS
+
+    owner, created = OWNED_QUERY_FIELDS
+    indexes = deployment.instances("google_firestore_index", "jobs_owned")
+    assert set(indexes) == {"ASCENDING", "DESCENDING"}
+    for direction, index in indexes.items():
+        assert index.get("collection") == JOBS
+        fields = [(f.get("field_path"), f.get("order")) for f in index.blocks("fields")]
+        assert fields == [(owner, "ASCENDING"), (created, direction), ("__name__", direction)]
+        assert deployment.resolve(index.get("database")).type == "google_firestore_database"
+
+
 def test_firestore_ttl_policies(deployment: Deployment) -> None:
     fields = {(f.get("collection"), f.get("field")): f
               for f in deployment.instances("google_firestore_field", "ttl").values()}

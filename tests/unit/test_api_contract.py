@@ -57,7 +57,8 @@ def test_the_document_is_openapi_31_with_every_route_and_bearer_auth() -> None:
     assert document["openapi"] == "3.1.0"
     assert set(document["paths"]) == {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}:cancel",
                                       "/v1/quote", "/v1/backends", "/v1/budget", "/healthz",
-                                      "/v1/openapi.json"}
+                                      "/v1/openapi.json", "/v1/videos", "/v1/videos/{video_id}",
+                                      "/v1/videos/{video_id}/content"}
     assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     assert document["paths"]["/healthz"]["get"]["security"] == []
     create = document["paths"]["/v1/jobs"]["post"]

@@ -22,6 +22,9 @@ JOBS = "jobs"
 # The fields of the watchdog's query, in the order of its composite index
 # (terraform/firestore.tf, google_firestore_index.jobs_unmoved).
 UNMOVED_QUERY_FIELDS = ("status", "updated_at")
+# The fields of a caller's job listing (GET /v1/videos), in the order of its composite
+# indexes, one per direction (terraform/firestore.tf, google_firestore_index.jobs_owned).
+OWNED_QUERY_FIELDS = ("owner", "created_at")
 
 
 class JobStore(Protocol):
@@ -39,6 +42,12 @@ class JobStore(Protocol):
                 cursor: object | None = None) -> tuple[list[Job], object | None]:
         """Jobs in `statuses` last updated before `before`, oldest first, `limit` at a
         time; pass the returned cursor back for the next page (None: no more)."""
+        ...
+
+    def owned(self, owner: str, limit: int, after: str | None = None,
+              newest_first: bool = True) -> tuple[list[Job], bool]:
+        """The owner's jobs by creation time, `limit` at a time, starting after job
+        `after` (one of the owner's); and whether more follow."""
         ...
 
 
@@ -99,3 +108,20 @@ class FirestoreJobStore:
         snapshots = list(query.stream())
         jobs = [job_from_doc(s.to_dict() or {}) for s in snapshots]
         return jobs, (snapshots[-1] if len(snapshots) == limit else None)
+
+    def owned(self, owner: str, limit: int, after: str | None = None,
+              newest_first: bool = True) -> tuple[list[Job], bool]:
+        # An equality filter on owner with an order on created_at: production Firestore
+        # serves it only from a composite index, one per direction (terraform/firestore.tf;
+        # the emulator needs none, tests/infra pins them).
+        owner_field, created = OWNED_QUERY_FIELDS
+        direction = firestore.Query.DESCENDING if newest_first else firestore.Query.ASCENDING
+        query = (self._jobs.where(filter=FieldFilter(owner_field, "==", owner))
+                 .order_by(created, direction=direction).limit(limit + 1))
+        if after is not None:
+            cursor = self._jobs.document(after).get()
+            if not cursor.exists:
+                return [], False
+            query = query.start_after(cursor)
+        jobs = [job_from_doc(s.to_dict() or {}) for s in query.stream()]
+        return jobs[:limit], len(jobs) > limit

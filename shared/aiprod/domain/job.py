@@ -84,6 +84,9 @@ class JobRequest(BaseModel):
     min_quality: float = Field(default=0.0, ge=0, le=1)
     max_cost_usd: float | None = Field(default=None, gt=0, le=10_000)
     policy: Policy = Policy.CHEAPEST
+    # Pin one backend by name (the /v1/videos `model`): routing considers no other, so
+    # there is no fallback. Unknown names are refused by routing like any misfit.
+    backend: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     webhook_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=32)
     # Passed to each backend whose provider takes one (backends.yaml accepts_seed).
@@ -270,6 +273,9 @@ class Job(BaseModel):
     correlation_id: str | None = None
     created_at: datetime
     updated_at: datetime
+    # DELETE /v1/videos/{id}: gone from the videos API, as the OpenAI shape promises; the
+    # job stays (GET /v1/jobs/{id}): it is the billing record.
+    video_deleted_at: datetime | None = None
 
     @property
     def current_attempt(self) -> Attempt | None:

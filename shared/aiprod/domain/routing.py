@@ -97,6 +97,8 @@ class Rejection:
 
 def capability_problem(backend: Backend, request: JobRequest) -> str | None:
     """Why this backend cannot render the request at all, or None if it can."""
+    if request.backend is not None and request.backend != backend.name:
+        return f"is not the backend asked for ({request.backend})"
     capability = backend.capabilities.get(request.mode)
     if capability is None:
         return f"does not do {request.mode.value}"

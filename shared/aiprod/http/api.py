@@ -55,6 +55,8 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _problem(problem: Problem, request: Request) -> Response:
+    if videos.serves(request.path):  # the OpenAI shape's own error body
+        return videos.error_response(problem)
     return Response(json.dumps(problem.body(request.path)), status=problem.status,
                     headers=problem.headers, content_type=PROBLEM_CONTENT_TYPE)
 
@@ -114,6 +116,8 @@ def _rejection_field(rt: Runtime, request: JobRequest, reason: routing.Rejection
         return "image_url"
     if reason is not routing.RejectionReason.UNSUPPORTED:
         return None
+    if request.backend is not None and request.backend not in rt.catalog.names:
+        return "backend"
     capabilities = [b.capabilities.get(request.mode) for b in rt.catalog.backends]
     able = [c for c in capabilities if c is not None]
     if not able:
@@ -189,7 +193,6 @@ def _left_out(plan: routing.Plan) -> list[dict[str, Any]]:
 
 
 def create_job(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
-    principal = caller(request)
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None:
         access.check_idempotency_key(idempotency_key)
@@ -197,6 +200,19 @@ def create_job(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
         job_request = JobRequest.model_validate_json(_read_json(request), strict=True)
     except ValidationError as error:
         raise invalid_request(error) from error
+    job, created = submit(rt, request, job_request)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if idempotency_key is not None and not created:
+        headers["Idempotent-Replayed"] = "true"
+    return _json(public_job(job), 201 if created else 200, headers)
+
+
+def submit(rt: Runtime, request: Request, job_request: JobRequest) -> tuple[Job, bool]:
+    """Admit a parsed job request for the caller, under its Idempotency-Key if it sent
+    one (checked by the caller): the one admission path of POST /v1/jobs and POST
+    /v1/videos. The job, and whether this request created it."""
+    principal = caller(request)
+    idempotency_key = request.headers.get("Idempotency-Key")
     unsafe = admission.url_problem(rt, job_request)
     if unsafe is not None:
         field, reason = unsafe
@@ -210,10 +226,7 @@ def create_job(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
                       f"image_url: {bad.message}", field="image_url", code=bad.code) from None
     if isinstance(result, routing.Rejection):
         raise _rejection_problem(rt, result, job_request, principal)
-    headers = {"Location": f"/v1/jobs/{result.job.id}"}
-    if idempotency_key is not None and not result.created:
-        headers["Idempotent-Replayed"] = "true"
-    return _json(public_job(result.job), 201 if result.created else 200, headers)
+    return result.job, result.created
 
 
 def get_job(rt: Runtime, request: Request, args: dict[str, str]) -> Response:
@@ -339,6 +352,14 @@ URL_MAP = Map([
     Rule("/healthz", methods=["GET"], endpoint="healthz"),
     Rule("/v1/openapi.json", methods=["GET"], endpoint="openapi"),
 ], converters={"segment": _Segment})
+
+
+# The OpenAI-compatible video routes (http/videos.py), served by the same function.
+from aiprod.http import videos  # noqa: E402  (it uses this module's helpers)
+
+ROUTES |= videos.ROUTES
+for _rule in videos.rules():
+    URL_MAP.add(_rule)
 
 
 def framework_error(request: Request, error: HTTPException) -> Response:

@@ -241,6 +241,188 @@ class HealthzView(_View):
     status: Literal["ok"]
 
 
+# -- the OpenAI-compatible video shape (aiprod.http.videos; docs/openai-compatible.md) -----
+
+class VideoCreateRequest(BaseModel):
+    """POST /v1/videos, as the OpenAI SDK sends it (multipart/form-data) or as JSON. Any
+    other job request field (min_quality, max_cost_usd, audio, metadata, ...: the SDK's
+    extra_body) passes through, unless an OpenAI field already sets it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | None = Field(default=None, description="required unless input_reference "
+                                                         "is given")
+    model: str | None = Field(default=None, description="a backend's name (pins it: no "
+                              "fallback) or a routing alias: aiprod/cheapest (default), "
+                              "aiprod/best-quality, aiprod/fixed")
+    seconds: str | None = Field(default=None, pattern=r"^[0-9]+$",
+                                description="duration; default 5")
+    size: str | None = Field(default=None, pattern=r"^[1-9][0-9]*x[1-9][0-9]*$",
+                             description="WIDTHxHEIGHT: its aspect ratio (16:9, 9:16 or "
+                                         "1:1, within 3 %); default 16:9")
+    input_reference: str | dict[str, str] | None = Field(
+        default=None, description="an image (file upload in a form), or {\"image_url\": "
+                                  "URL or data: URI}, or the URL itself")
+
+
+class VideoErrorView(_View):
+    code: str
+    message: str
+
+
+class VideoAiprodView(_View):
+    status: JobStatus
+    plan: list[str]
+    estimated_cost_usd: float
+    cost_usd: float
+    job: str = Field(description="the same job in AIPROD's own API")
+
+
+class VideoView(_View):
+    """A job in the OpenAI `video` shape; `id` is the job's id."""
+
+    id: str
+    object: Literal["video"]
+    status: Literal["queued", "in_progress", "completed", "failed"]
+    progress: int = Field(ge=0, le=100)
+    model: str = Field(description="the pinned or chosen backend, else the routing alias")
+    prompt: str | None
+    seconds: str
+    size: str = Field(description="the video's real frame once completed")
+    created_at: int
+    completed_at: int | None
+    expires_at: None
+    remixed_from_video_id: None
+    error: VideoErrorView | None
+    aiprod: VideoAiprodView
+
+
+class VideoListView(_View):
+    object: Literal["list"]
+    data: list[VideoView]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class VideoDeletedView(_View):
+    id: str
+    object: Literal["video.deleted"]
+    deleted: bool
+
+
+class OpenAIErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    message: str
+    type: str
+    param: str | None
+    code: str = Field(description="the problem's stable slug (docs/problems.md)")
+    aiprod: dict[str, Any] = Field(description="the problem's type, title and details")
+
+
+class OpenAIErrorView(_View):
+    """An error on /v1/videos: the body the OpenAI SDK parses."""
+
+    error: OpenAIErrorDetail
+
+
+def _video_error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {
+        "application/json": {"schema": {"$ref": REF.format(model="OpenAIErrorView")}}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _video_paths() -> dict[str, Any]:
+    video_id = {"name": "video_id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": r"^job_[0-9a-f]{32}$"}}
+    auth = {"401": _video_error("no API key, or an unknown or revoked one", {
+                "WWW-Authenticate": {"required": True, "schema": {"type": "string"}}}),
+            "429": _video_error("the key's rate limit or a daily budget is spent",
+                                _RETRY_AFTER),
+            "default": _video_error("any other error")}
+    form = VideoCreateRequest.model_json_schema(ref_template=REF)
+    form["properties"]["input_reference"] = {"type": "string", "format": "binary",
+                                             "description": "a PNG or JPEG image"}
+    form.pop("title", None)
+    return {
+        "/v1/videos": {
+            "post": {
+                "operationId": "createVideo", "tags": ["OpenAI-compatible"],
+                "summary": "Submit a video job in the OpenAI shape",
+                "description": "The same admission as POST /v1/jobs (keys, limits, "
+                               "Idempotency-Key, budgets, routing).",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "minLength": 1,
+                                           "maxLength": 255, "pattern": "^[!-~]+$"}}],
+                "requestBody": {"required": True, "content": {
+                    "multipart/form-data": {"schema": form},
+                    "application/json": {"schema": {
+                        "$ref": REF.format(model="VideoCreateRequest")}}}},
+                "responses": {
+                    "200": _ok("VideoView", "the video, queued (or the same one again, for "
+                                            "a retry with the same Idempotency-Key)"),
+                    "400": _video_error("a field is not valid (`param` names it)"),
+                    "413": _video_error("the body or the uploaded image is too large"),
+                    "415": _video_error("the body is neither a form nor JSON"),
+                    "422": _video_error("no backend can take the job as asked, or the "
+                                        "Idempotency-Key was used with another body"),
+                    "503": _video_error("every backend that fits is failing", _RETRY_AFTER),
+                    **auth}},
+            "get": {
+                "operationId": "listVideos", "tags": ["OpenAI-compatible"],
+                "summary": "The caller's videos (jobs made either way), newest first",
+                "parameters": [
+                    {"name": "after", "in": "query", "required": False,
+                     "description": "the last id of the previous page",
+                     "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100,
+                                "default": 20}},
+                    {"name": "order", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["asc", "desc"],
+                                "default": "desc"}}],
+                "responses": {"200": _ok("VideoListView", "a page of videos"),
+                              "400": _video_error("a parameter is not valid"), **auth}}},
+        "/v1/videos/{video_id}": {
+            "get": {
+                "operationId": "getVideo", "tags": ["OpenAI-compatible"],
+                "summary": "A video's status and progress",
+                "parameters": [video_id],
+                "responses": {"200": _ok("VideoView", "the video"),
+                              "404": _video_error("no such video (or not this caller's, "
+                                                  "or deleted)"), **auth}},
+            "delete": {
+                "operationId": "deleteVideo", "tags": ["OpenAI-compatible"],
+                "summary": "Cancel the video if it still runs, and remove it from the "
+                           "videos API (the job stays at /v1/jobs/{id})",
+                "parameters": [video_id],
+                "responses": {"200": _ok("VideoDeletedView", "deleted"),
+                              "404": _video_error("no such video"), **auth}}},
+        "/v1/videos/{video_id}/content": {"get": {
+            "operationId": "getVideoContent", "tags": ["OpenAI-compatible"],
+            "summary": "The MP4",
+            "parameters": [video_id, {
+                "name": "variant", "in": "query", "required": False,
+                "schema": {"type": "string", "enum": ["video", "thumbnail", "spritesheet"],
+                           "default": "video"}}],
+            "responses": {
+                "200": {"description": "the MP4, where no download URL can be signed",
+                        "content": {"video/mp4": {"schema": {"type": "string",
+                                                             "format": "binary"}}}},
+                "302": {"description": "a signed download URL, valid for an hour",
+                        "headers": {"Location": {"required": True,
+                                                 "schema": {"type": "string"}}}},
+                "400": _video_error("only variant=video is kept"),
+                "404": _video_error("no such video, or it is not completed"),
+                "503": _video_error("no URL could be signed and the video is too large "
+                                    "to send inline", _RETRY_AFTER),
+                **auth}}},
+    }
+
+
 def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description, "content": {
         "application/problem+json": {"schema": {"$ref": REF.format(model="ProblemView")}}}}
@@ -295,7 +477,10 @@ def document() -> dict[str, Any]:
     _, top = models_json_schema(
         [(JobRequest, "validation"), (JobView, "serialization"), (ProblemView, "serialization"),
          (QuoteView, "serialization"), (BackendsView, "serialization"),
-         (BudgetView, "serialization"), (HealthzView, "serialization")],
+         (BudgetView, "serialization"), (HealthzView, "serialization"),
+         (VideoCreateRequest, "validation"), (VideoView, "serialization"),
+         (VideoListView, "serialization"), (VideoDeletedView, "serialization"),
+         (OpenAIErrorView, "serialization")],
         ref_template=REF)
     schemas: dict[str, Any] = top["$defs"]
     request_schema = JobRequest.model_json_schema(ref_template=REF)
@@ -373,13 +558,16 @@ def document() -> dict[str, Any]:
             "responses": {"200": {"description": "the OpenAPI document", "content": {
                 "application/json": {"schema": {"type": "object"}}}},
                 "default": _problem("any other error")}}},
+        **_video_paths(),
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "AIPROD", "version": _version,
                  "description": "Routes text-to-video and image-to-video jobs to the best paid "
                                 "provider within a budget. Errors are RFC 9457 problem details "
-                                "with a stable `type` (docs/problems.md)."},
+                                "with a stable `type` (docs/problems.md), except on the "
+                                "OpenAI-compatible /v1/videos routes, which answer the "
+                                "OpenAI error body (docs/openai-compatible.md)."},
         "security": [{"apiKey": []}],
         "paths": paths,
         "components": {
