@@ -37,7 +37,7 @@ pytestmark = pytest.mark.emulator
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 SEED = os.environ.get("AIPROD_FUZZ_SEED", "20261126")
-MIN_REQUESTS = 600
+MIN_REQUESTS = 500  # coverage and examples alone send about 340
 # schemathesis.toml for the run (operation settings yield to phase settings, and
 # both to the command line: hence no --max-examples there).
 CONFIG = """
