@@ -8,12 +8,9 @@ them and re-drives them through the render function's own claims.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import signal
-import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
@@ -21,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from aiprod.adapters.ledger import GLOBAL, FirestoreLedger, Scope
@@ -30,14 +26,14 @@ from aiprod.domain.budget import ledger_day
 from aiprod.domain.job import Attempt, AttemptStatus, Job, JobRequest, JobStatus
 from aiprod.wiring.config import Settings, load_catalog
 from aiprod_dev.localstack import control
-from aiprod_dev.localstack.processes import free_port, http_ok, wait_until
-from tests.conftest import RENDER_DEADLINE_S, TERMINAL, LocalStack
+from tests.conftest import TERMINAL, LocalStack, running_stack
 
 pytestmark = pytest.mark.emulator
 
 INTERVAL_S = 1.0
 STALE_S = 4.0
-CREATE_TIMEOUT_S = 3.0  # the session stack's (tests/conftest.py), checked below
+RENDER_DEADLINE_S = 3.0
+CREATE_TIMEOUT_S = 3.0
 SETTINGS = Settings(render_deadline_s=RENDER_DEADLINE_S, create_timeout_s=CREATE_TIMEOUT_S)
 # The bound the README states: a job that stops moving is re-driven within
 # max(stale, lease) + interval of its last change; a generous margin on top for
@@ -47,54 +43,24 @@ CATALOG = load_catalog()
 RENDERS = ("render-replicate-seedance", "render-runway-gen45", "render-veo-31-fast")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_watchdog(stack: LocalStack) -> Iterator[None]:
-    """The session's stack, its store emptied of other tests' jobs and holds, with one
-    more watchdog instance that runs every second with a short bound (the stack's own
-    keeps its 10 s / 30 s: runs may overlap, as Cloud Scheduler's may)."""
-    client = stack.firestore()
-    client.recursive_delete(client.collection("jobs"))
-    stack.reset_budget()
-    spec = stack.state["functions"]["watchdog"]
-    env = spec["env"] | {"AIPROD_WATCHDOG_INTERVAL_S": str(INTERVAL_S),
-                         "AIPROD_WATCHDOG_STALE_S": str(STALE_S)}
-    assert float(env["AIPROD_RENDER_DEADLINE_S"]) == RENDER_DEADLINE_S
-    assert float(env["AIPROD_CREATE_TIMEOUT_S"]) == CREATE_TIMEOUT_S
-    port = free_port()
-    argv = [a for a in spec["argv"] if not a.startswith("--port=")] + [f"--port={port}"]
-    with fast_watchdog_log(stack).open("ab") as log:
-        process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    stopping = threading.Event()
-
-    def scheduler() -> None:
-        """Cloud Scheduler's (and the stack's timer's) POST, every INTERVAL_S."""
-        with httpx.Client(timeout=30) as client:
-            while not stopping.wait(INTERVAL_S):
-                with contextlib.suppress(httpx.HTTPError):
-                    client.post(url)
-
-    timer = threading.Thread(target=scheduler, name="fast-watchdog", daemon=True)
-    try:
-        wait_until(lambda: http_ok(url, any_status=True), 60, "the fast watchdog")
-        timer.start()
-        yield
-    finally:
-        stopping.set()
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-        timer.join(timeout=35)
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A stack of its own, with a watchdog that runs every second and a short bound."""
+    with running_stack(tmp_path_factory.mktemp("watchdog-stack"),
+                       AIPROD_WATCHDOG_INTERVAL_S=str(INTERVAL_S),
+                       AIPROD_WATCHDOG_STALE_S=str(STALE_S),
+                       AIPROD_RENDER_DEADLINE_S=str(RENDER_DEADLINE_S),
+                       AIPROD_CREATE_TIMEOUT_S=str(CREATE_TIMEOUT_S),
+                       AIPROD_UNKNOWN_OUTCOME_WAIT_S="8") as started, \
+            control.environment(started.state["env"]):
+        yield started
 
 
-@pytest.fixture(autouse=True)
-def healthy(stack: LocalStack) -> None:
-    stack.reset_sims()
-    stack.reset_health()
-
-
-def fast_watchdog_log(stack: LocalStack) -> Path:
-    return Path(stack.state["state_dir"]) / "logs" / "watchdog-fast.log"
+@pytest.fixture
+def stack(watched: LocalStack) -> LocalStack:
+    watched.reset_sims()
+    watched.reset_health()
+    return watched
 
 
 def reserved_usd(stack: LocalStack) -> float:
@@ -104,7 +70,7 @@ def reserved_usd(stack: LocalStack) -> float:
 
 
 def watchdog_log(stack: LocalStack) -> str:
-    return fast_watchdog_log(stack).read_text()
+    return Path(stack.part("watchdog")["log"]).read_text()
 
 
 def wait_terminal(stack: LocalStack, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
