@@ -29,6 +29,9 @@ TERMINAL = TERMINAL_JOB_STATUSES  # job["status"] strings compare equal to the m
 MAX_DELIVERY_ATTEMPTS = 5
 CIRCUIT_COOLDOWN_S = 3
 RENDER_DEADLINE_S = 3
+# How long a render waits for a backend's call slot (production: 30 s), so the
+# busy-backend test sees a render handed back in seconds.
+BACKEND_BUSY_WAIT_S = 5
 
 
 @dataclass
@@ -202,6 +205,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
                        AIPROD_CIRCUIT_COOLDOWN_S=str(CIRCUIT_COOLDOWN_S),
                        AIPROD_RENDER_DEADLINE_S=str(RENDER_DEADLINE_S),
                        AIPROD_CREATE_TIMEOUT_S="3",
+                       AIPROD_BACKEND_BUSY_WAIT_S=str(BACKEND_BUSY_WAIT_S),
                        # Webhook tests run receivers on this machine (docs/webhooks.md).
                        AIPROD_WEBHOOK_ALLOW_HOSTS="127.0.0.1",
                        # Image-to-video tests serve input images from this machine too.

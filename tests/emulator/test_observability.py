@@ -297,6 +297,12 @@ def test_every_point_the_functions_emitted_is_declared(local: LocalStack) -> Non
     # A job whose dispatch was lost: the stack's watchdog re-drives it (and counts it).
     lost = stale_queued_job(local)
     assert local.wait(lost, timeout=90)["status"] in {"SUCCEEDED", "FAILED"}
+    # The watchdog counts the re-drive after dispatching it: the job may end first.
+    deadline = time.monotonic() + 30
+    while not any(entry.get("metric") == "watchdog_redriven" and lost in json.dumps(entry)
+                  for entry in function_logs(local).get("watchdog", [])):
+        assert time.monotonic() < deadline, "the watchdog never counted its re-drive"
+        time.sleep(0.5)
     spec = monitoring.load()
     declared = {m.name: m for m in spec.metrics}
     seen: set[str] = set()

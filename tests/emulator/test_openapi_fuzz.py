@@ -1,10 +1,13 @@
 """Property-based run of the live API against its own OpenAPI document.
 
 schemathesis (pinned in the dev extras) reads /v1/openapi.json from the running
-local stack and sends well over 1,000 generated requests across every
+local stack and sends several hundred generated requests across every
 operation: examples, boundary values, schema-valid and schema-breaking bodies,
 headers and parameters, requests without the key, and stateful sequences
-(create a job, read it, cancel it). Every check runs except
+(create a job, read it, cancel it). CONFIG says where they go: every example
+and boundary value (the coverage phase), 100 random cases for each operation
+that takes a body or a query, fewer for those whose only input is a job id
+(a random id names no job), and 25 stateful scenarios. Every check runs except
 `positive_data_acceptance`: some rules cannot be written in JSON Schema (a
 prompt or an image_url is needed; which durations and ratios the catalog's
 backends render; the key's budget), so a schema-valid request may rightly get
@@ -34,20 +37,33 @@ pytestmark = pytest.mark.emulator
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 SEED = os.environ.get("AIPROD_FUZZ_SEED", "20261126")
-MIN_REQUESTS = 1000
-SECONDS_PER_OPERATION = 22
+MIN_REQUESTS = 500  # coverage and examples alone send about 340
+# schemathesis.toml for the run (operation settings yield to phase settings, and
+# both to the command line: hence no --max-examples there).
+CONFIG = """
+generation.max-examples = 100
+
+[phases.stateful]
+generation.max-examples = 25
+
+[[operations]]
+include-path-regex = "\\\\{job_id\\\\}"
+phases.fuzzing.generation.max-examples = 20
+"""
 
 
 @pytest.mark.timeout(600)  # the run (up to 420 s), then its jobs finishing
 def test_the_live_api_keeps_its_openapi_contract(stack: LocalStack, tmp_path: Path) -> None:
     key = stack.new_key("schemathesis", daily_budget_usd=10, rate_limit_rpm=1_000_000)
     report = tmp_path / "schemathesis.json"
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CONFIG)
     started = time.monotonic()
     run = subprocess.run(
-        [str(SCHEMATHESIS), "--no-color", "run", f"{stack.api}/v1/openapi.json",
-         "--header", f"Authorization: Bearer {key}",
+        [str(SCHEMATHESIS), "--no-color", "--config-file", str(config), "run",
+         f"{stack.api}/v1/openapi.json", "--header", f"Authorization: Bearer {key}",
          "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-         "--max-examples", "120", "--workers", "2", "--seed", SEED,
+         "--workers", "2", "--seed", SEED,
          "--request-timeout", "30",
          "--report", "json", "--report-json-path", str(report)],
         capture_output=True, text=True, timeout=420, cwd=tmp_path)
@@ -59,12 +75,14 @@ def test_the_live_api_keeps_its_openapi_contract(stack: LocalStack, tmp_path: Pa
     assert summary["failures"] == [], output
     assert summary["errors"] == [], output
     assert summary["test_cases"]["generated"] >= MIN_REQUESTS, summary["test_cases"]
+    assert {name: phase["status"] for name, phase in summary["phases"].items()} == dict.fromkeys(
+        ("examples", "coverage", "fuzzing", "stateful"), "success"), summary["phases"]
     operations = summary["operations"]
     assert operations["tested"] == operations["total"] >= 12, operations
-    # About 100 examples per operation: the bound grows with the operations (it was
-    # 150 s for the first 7; the /v1/videos routes added 5).
-    assert elapsed < SECONDS_PER_OPERATION * operations["total"], \
-        f"the run took {elapsed:.0f} s for {operations['total']} operations"
+    # A figure, not a pass/fail bound (timing on a shared 2-core machine is noise):
+    # CONFIG's example counts are what keep the run's cost in check.
+    print(f"schemathesis: {summary['test_cases']['generated']} cases over "
+          f"{operations['total']} operations in {elapsed:.0f} s")
 
     # Let the jobs the run created finish before other tests count simulator calls.
     owner = f"key:{key.split('_')[1]}"

@@ -3,8 +3,20 @@ from __future__ import annotations
 import pytest
 
 from tests.infra import provider_schema, tfconfig
+from tests.infra.wheelhouse import WHEELHOUSE
 
 PROJECT = "aiprod-offline-test"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """test_package's clean install needs the archive's wheels: start downloading them
+    now, so the download overlaps the tests that run before it."""
+    if any("installed" in getattr(item, "fixturenames", ()) for item in session.items):
+        WHEELHOUSE.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    WHEELHOUSE.remove()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """`make package`: the archive every function deploys is complete and starts.
 
 The archive is unpacked into an empty folder, its requirements.txt installed
-into a new virtual environment (nothing from the project's venv, no editable
+into a new virtual environment (no package from the project's venv, no editable
 install: only what Cloud Functions would install), and each entry point is
 served by functions-framework from the unpacked main.py.
 """
@@ -27,6 +27,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from tests.infra import tfconfig
+from tests.infra.wheelhouse import WHEELHOUSE
 
 REPO = tfconfig.REPO
 PACKAGE = REPO / "tools" / "package.py"
@@ -126,30 +127,39 @@ def push_body(payload: bytes, attributes: dict[str, str] | None = None) -> dict[
 
 @pytest.fixture(scope="module")
 def installed(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The archive unpacked into an empty folder, with a clean venv beside it."""
+    """The archive unpacked into an empty folder, with a clean venv beside it holding
+    requirements.txt's packages and nothing else (not even pip: this venv's pip
+    installs into it with --python)."""
     root = tmp_path_factory.mktemp("unpacked")
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(root / "src")
+    wheels = WHEELHOUSE.wheels_for((root / "src" / "requirements.txt").read_bytes())
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", str(root / "venv")], check=True, env=env,
-                   timeout=120)
+    subprocess.run([base_python, "-m", "venv", "--without-pip", str(root / "venv")],
+                   check=True, env=env, timeout=120)
+    # The wheels pip download resolved from the index (tests/infra/wheelhouse.py), and
+    # no bytecode compiled ahead: what imports is compiled when it is imported.
     pip = subprocess.run(
-        [str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet",
-         "--disable-pip-version-check", "--no-input", "-r", str(root / "src" / "requirements.txt")],
+        [*clean_pip(root), "install", "--quiet", "--no-input", "--no-compile", "--no-index",
+         "--find-links", str(wheels), "-r", str(root / "src" / "requirements.txt")],
         env=env, capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-3000:]
     return root
 
 
+def clean_pip(installed: Path) -> list[str]:
+    """pip, acting on the clean venv."""
+    return [sys.executable, "-m", "pip", "--disable-pip-version-check",
+            "--python", str(installed / "venv" / "bin" / "python")]
+
+
 def test_requirements_are_complete_and_consistent(archive: Path, installed: Path) -> None:
-    python = str(installed / "venv" / "bin" / "python")
-    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
+    check = subprocess.run([*clean_pip(installed), "check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
-    freeze = subprocess.run([python, "-m", "pip", "list", "--format=json",
-                             "--disable-pip-version-check"], capture_output=True, text=True,
-                            check=True)
+    freeze = subprocess.run([*clean_pip(installed), "list", "--format=json"],
+                            capture_output=True, text=True, check=True)
     got = {p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(freeze.stdout)}
     got.pop("pip", None)
     got.pop("setuptools", None)
