@@ -65,6 +65,8 @@ locals {
     AIPROD_IMAGE_BUCKETS         = join(",", var.input_image_buckets)
     AIPROD_CACHE_TTL_S           = tostring(var.cache_ttl_days * 86400)
     AIPROD_CACHE_SCOPE           = var.cache_scope
+    AIPROD_ROUTING_MIN_SAMPLES   = tostring(var.routing_min_samples)
+    AIPROD_STATS_WINDOW_S        = tostring(var.stats_window_hours * 3600)
   }
 
   render_deadline_s = local.sizing.render.timeout_seconds - var.render_handoff_margin_seconds

@@ -221,6 +221,28 @@ variable "cache_ttl_days" {
   }
 }
 
+variable "routing_min_samples" {
+  description = "Attempts a backend needs in the statistics window before its observed quality, success rate and p95 replace the catalog's figures in routing (AIPROD_ROUTING_MIN_SAMPLES; README, \"Routing that learns\")."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.routing_min_samples >= 1
+    error_message = "routing_min_samples must be at least 1."
+  }
+}
+
+variable "stats_window_hours" {
+  description = "Hours of finished attempts a backend's observed statistics cover (AIPROD_STATS_WINDOW_S); their Firestore counters expire after it."
+  type        = number
+  default     = 24
+
+  validation {
+    condition     = var.stats_window_hours >= 1 && var.stats_window_hours <= 168
+    error_message = "stats_window_hours must be between 1 and 168."
+  }
+}
+
 variable "cache_scope" {
   description = "Whose requests count as identical for reuse (AIPROD_CACHE_SCOPE): one API key's (key) or every caller's (deployment)."
   type        = string

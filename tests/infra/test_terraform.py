@@ -28,6 +28,10 @@ TOPIC = "google_pubsub_topic"
 # other setting the code reads must be set on every function that reads it.
 DEFAULTED = {
     "catalog_path": "backends.yaml is found beside main.py in the source archive",
+    "stats_bucket_s": "statistics bucket width: the code default (an hour) is the tested value",
+    "stats_shards": "counter shards per bucket: the code default is sized for Firestore's "
+                    "sustained write rate per document",
+    "stats_cache_s": "how long a process reuses the statistics it read: the code default",
     "poll_interval_s": "provider polling cadence: the code default is the tested value",
     "create_timeout_s": "provider create-call timeout: the code default is the tested value",
     "transient_retry_initial_s": "retry tuning: the code default is the tested value",
@@ -854,7 +858,7 @@ def test_firestore_ttl_policies(deployment: Deployment) -> None:
               for f in deployment.instances("google_firestore_field", "ttl").values()}
     assert set(fields) == {("idempotency_keys", "expires_at"), ("reservations", "expires_at"),
                            ("rate_limits", "expires_at"), ("render_cache", "expires_at"),
-                           ("followers", "expires_at")}
+                           ("followers", "expires_at"), ("backend_stats", "expires_at")}
     for field in fields.values():
         assert field.blocks("ttl_config"), field.address
         assert deployment.resolve(field.get("database")).type == "google_firestore_database"
