@@ -21,19 +21,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from google.api_core import exceptions as gexc
-from google.api_core import retry
 from google.cloud import firestore
 
+from aiprod.adapters.retries import COMMIT_RETRY
 from aiprod.domain.apikeys import ApiKey
-
-# The client's default retry for Commit (UNAVAILABLE, RESOURCE_EXHAUSTED), plus
-# ABORTED: a commit aborted by contention on the counter was not applied, so trying
-# again cannot count twice (the Node client retries commits on ABORTED too:
-# https://github.com/googleapis/nodejs-firestore/pull/1242).
-COUNTER_RETRY = retry.Retry(
-    predicate=retry.if_exception_type(gexc.Aborted, gexc.ServiceUnavailable,
-                                      gexc.ResourceExhausted),
-    initial=0.05, maximum=1.0, multiplier=2.0, timeout=10.0)
 
 API_KEYS = "api_keys"
 RATE_LIMITS = "rate_limits"
@@ -112,7 +103,7 @@ class FirestoreAccess:
         batch = self._client.batch()
         batch.set(ref, {"count": firestore.Increment(1), "key_id": key_id, "shard": shard,
                         "window_start": window, "expires_at": expires_at}, merge=True)
-        (result,) = batch.commit(retry=COUNTER_RETRY)
+        (result,) = batch.commit(retry=COMMIT_RETRY)
         return int(result.transform_results[0].integer_value)
 
     # -- idempotency -----------------------------------------------------------------

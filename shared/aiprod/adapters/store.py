@@ -14,6 +14,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from aiprod.adapters.retries import COMMIT_RETRY
 from aiprod.domain.job import STORED, Job, JobStatus
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class FirestoreJobStore:
 
     def create(self, job: Job) -> bool:
         try:
-            self._jobs.document(job.id).create(job_to_doc(job))
+            self._jobs.document(job.id).create(job_to_doc(job), retry=COMMIT_RETRY)
         except gexc.AlreadyExists:
             return False
         return True
