@@ -23,7 +23,8 @@ def test_the_alert_policies() -> None:
     alerts = {a.name: a for a in SPEC.alerts}
     assert set(alerts) == {"budget_warning", "budget_critical", "quality_low", "latency_high",
                            "runway_errors", "messages_dead_lettered", "pubsub_backlog_old",
-                           "function_errors", "watchdog_redrove", "budget_forecast"}
+                           "function_errors", "watchdog_redrove", "budget_forecast",
+                           "backend_left_for_quality"}
     c = {name: a.condition for name, a in alerts.items()}
     assert (alerts["budget_warning"].metric, c["budget_warning"].at_least) == (
         "budget_committed_usd", 90)

@@ -53,6 +53,12 @@ def test_each_finished_attempt_counts_once(learning: Fakes) -> None:
     assert veo.p95_s is not None
 
 
+def quality_changes(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
+    """The routing_quality_changes points emitted, by their labels (alerted on)."""
+    fields = [getattr(r, "fields", {}) for r in caplog.records]
+    return [f["metric_labels"] for f in fields if f.get("metric") == "routing_quality_changes"]
+
+
 def test_blank_clips_move_a_backend_to_the_end_of_the_plan_and_out_of_high_floors(
         learning: Fakes, caplog: pytest.LogCaptureFixture) -> None:
     fx = learning
@@ -70,11 +76,12 @@ def test_blank_clips_move_a_backend_to_the_end_of_the_plan_and_out_of_high_floor
     assert cheap.figures()["expected_cost_usd"] is None   # no success: no finite cost
     assert cheap.estimated_cost_usd == 0.32
 
-    with caplog.at_level(logging.WARNING, logger="aiprod.services.stats"):
+    with caplog.at_level(logging.INFO):
         floor = admit(fx, "job_4", min_quality=0.6)
     assert CHEAP not in floor.plan
     assert any("backend left the plan for quality: observed quality" in r.getMessage()
                for r in caplog.records)
+    assert quality_changes(caplog) == [{"backend": CHEAP, "change": "left"}]
 
 
 def test_a_backend_ranked_away_is_tried_again_once_its_figures_go_stale(
@@ -87,11 +94,12 @@ def test_a_backend_ranked_away_is_tried_again_once_its_figures_go_stale(
     # Two hours without an attempt on it: the old figures are stale, the catalog's stand.
     fx.clock.advance(2 * 3600)
     fx.provider(CHEAP).video = None  # it recovered
-    with caplog.at_level(logging.INFO, logger="aiprod.services.stats"):
+    with caplog.at_level(logging.INFO):
         again = admit(fx, "job_4", min_quality=0.6)
         assert again.plan[0] == CHEAP
         assert any(r.getMessage() == "backend rejoined the plan: catalog quality 0.8"
                    for r in caplog.records)
+        assert {"backend": CHEAP, "change": "rejoined"} in quality_changes(caplog)
         assert deliver(fx, again).status is JobStatus.SUCCEEDED
         second = admit(fx, "job_5", min_quality=0.6)
         assert deliver(fx, second).status is JobStatus.SUCCEEDED

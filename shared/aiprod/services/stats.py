@@ -28,6 +28,7 @@ from aiprod.domain.stats import (
     total,
 )
 from aiprod.observability.logs import log
+from aiprod.services import telemetry
 from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def note_quality_changes(rt: Runtime, decision: routing.Plan | routing.Rejection
     for name in sorted(quality_out):
         log(logger, logging.WARNING, f"backend left the plan for quality: "
             f"{decision.problems[name]}", job_id=job_id, backend=name, change="left")
+        telemetry.routing_quality_change(name, "left", job_id)
     with _cache_lock:
         left = _left_for_quality.setdefault(rt.stats, set())
     if isinstance(decision, routing.Plan):
@@ -127,5 +129,6 @@ def note_quality_changes(rt: Runtime, decision: routing.Plan | routing.Rejection
             if q.backend in left:
                 log(logger, logging.INFO, f"backend rejoined the plan: {q.quality_source} "
                     f"quality {q.quality}", job_id=job_id, backend=q.backend, change="rejoined")
+                telemetry.routing_quality_change(q.backend, "rejoined", job_id)
                 left.discard(q.backend)
     left.update(quality_out)

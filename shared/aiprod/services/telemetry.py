@@ -104,3 +104,8 @@ def dead_lettered(subscription: str, job_id: str | None) -> None:
 def watchdog_redriven(job_id: str, action: str) -> None:
     """The watchdog moved a job that had stopped moving (a lost message, a dead process)."""
     metrics.count("watchdog_redriven", job_id=job_id, action=action)
+
+
+def routing_quality_change(backend: str, change: str, job_id: str) -> None:
+    """A backend left a job's plan for its observed quality (left), or came back (rejoined)."""
+    metrics.count("routing_quality_changes", job_id=job_id, backend=backend, change=change)
