@@ -12,7 +12,6 @@ stopped task cost, the other finds nothing left to do.
 from __future__ import annotations
 
 import logging
-import time
 
 from aiprod.adapters.providers.base import ProviderError, TaskState, TaskStatus
 from aiprod.domain import lifecycle
@@ -119,10 +118,10 @@ def _stop(rt: Runtime, backend: str, task_id: str) -> TaskStatus | None:
         if status.state is not TaskState.RUNNING:
             return status  # ended on its own: a cancel now would only delete it (Runway)
         provider.cancel(task_id)
-        deadline = time.monotonic() + SETTLE_POLLS * rt.settings.poll_interval_s
+        deadline = rt.monotonic() + SETTLE_POLLS * rt.settings.poll_interval_s
         while True:
             status = provider.poll(task_id)
-            if status.state is not TaskState.RUNNING or time.monotonic() >= deadline:
+            if status.state is not TaskState.RUNNING or rt.monotonic() >= deadline:
                 return status
             rt.sleep(rt.settings.poll_interval_s)
     except ProviderError as error:

@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import random
 import threading
-import time
 import weakref
 
 from aiprod.domain import routing
@@ -80,7 +79,7 @@ def _buckets(rt: Runtime) -> Buckets:
     """Every backend's counters per bucket over the window (AIPROD_STATS_WINDOW_S), read
     at most once per AIPROD_STATS_CACHE_S per process (admission asks for every job)."""
     key: object = rt.stats
-    now = time.monotonic()
+    now = rt.monotonic()
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None and now - hit[0] < rt.settings.stats_cache_s:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections import Counter
 
 from aiprod.domain import budget as budget_policy
@@ -38,7 +37,7 @@ def sweep(rt: Runtime) -> dict[str, int]:
     """One watchdog run; what it did, by action (and `holds_closed`)."""
     now = rt.clock()
     stale = dt.timedelta(seconds=rt.settings.watchdog_stale_s)
-    stop_at = time.monotonic() + rt.settings.watchdog_interval_s
+    stop_at = rt.monotonic() + rt.settings.watchdog_interval_s
     done: Counter[str] = Counter()
     cursor: object | None = None
     while True:
@@ -50,7 +49,7 @@ def sweep(rt: Runtime) -> dict[str, int]:
                 logger.exception("watchdog could not re-drive a job", extra={"fields": {
                     "job_id": job.id, "error_type": type(error).__name__}})
                 done["errors"] += 1
-        if cursor is None or time.monotonic() > stop_at:
+        if cursor is None or rt.monotonic() > stop_at:
             break
     done["holds_closed"] = close_leftover_holds(rt, now, stale)
     done.pop(Action.NONE.value, None)
