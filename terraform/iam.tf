@@ -36,6 +36,9 @@ resource "google_service_account" "runtime" {
   account_id   = local.account_ids["runtime/${each.key}"]
   display_name = "AIPROD function ${each.key}"
   description  = "Runtime identity of the ${each.key} Cloud Function."
+
+  # IAM is off in a new project; google_project_service.api enables it (apis.tf).
+  depends_on = [google_project_service.api["iam.googleapis.com"]]
 }
 
 # Firestore: jobs, budget ledger, backend health, idempotency and API keys.
@@ -118,6 +121,9 @@ resource "google_service_account" "invoker" {
   account_id   = local.account_ids["invoker/${each.key}"]
   display_name = "AIPROD push to ${each.key}"
   description  = "OIDC identity of the Pub/Sub push subscriptions that feed the ${each.key} function; may invoke that function only."
+
+  # IAM is off in a new project; google_project_service.api enables it (apis.tf).
+  depends_on = [google_project_service.api["iam.googleapis.com"]]
 }
 
 resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
@@ -183,6 +189,9 @@ resource "google_service_account" "build" {
   account_id   = "aiprod-build"
   display_name = "AIPROD function builds"
   description  = "Builds the Cloud Functions' container images from the source archive."
+
+  # IAM is off in a new project; google_project_service.api enables it (apis.tf).
+  depends_on = [google_project_service.api["iam.googleapis.com"]]
 }
 
 # Cloud Run Builder: what building a function from source needs (read the

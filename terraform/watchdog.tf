@@ -10,6 +10,9 @@ resource "google_service_account" "scheduler" {
   account_id   = local.watchdog_scheduler_account
   display_name = "AIPROD watchdog schedule"
   description  = "OIDC identity Cloud Scheduler calls the watchdog function with; may invoke that function only."
+
+  # IAM is off in a new project; google_project_service.api enables it (apis.tf).
+  depends_on = [google_project_service.api["iam.googleapis.com"]]
 }
 
 resource "google_cloud_run_v2_service_iam_member" "scheduler_invoker" {

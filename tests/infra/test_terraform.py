@@ -816,6 +816,67 @@ def test_the_api_that_signs_download_urls_is_enabled(deployment: Deployment) -> 
     assert "iam.googleapis.com" in services  # the service accounts themselves
 
 
+
+# Resource types whose API a new project does not have enabled: creating one before
+# `google_project_service.api` has enabled its API fails with SERVICE_DISABLED. Cloud
+# Logging, Cloud Monitoring and Cloud Storage are enabled by default in a project
+# created with the console or gcloud, so their resources need no ordering:
+# https://cloud.google.com/service-usage/docs/enabled-service#default
+API_OF_TYPE = {
+    "google_service_account": "iam.googleapis.com",
+    "google_pubsub_": "pubsub.googleapis.com",
+    "google_secret_manager_": "secretmanager.googleapis.com",
+    "google_cloud_scheduler_": "cloudscheduler.googleapis.com",
+    "google_cloudfunctions2_": "cloudfunctions.googleapis.com",
+    "google_cloud_run_v2_": "run.googleapis.com",
+    "google_firestore_": "firestore.googleapis.com",
+}
+_DEPENDENCY = re.compile(r"(?<![\w.])(local|google_\w+|time_sleep)\.(\w+)(?:\[\"([^\"]*)\"\])?")
+
+
+def apis_ensured(config: tfconfig.Config) -> dict[tuple[str, str], set[str]]:
+    """The APIs each resource is created after: through `depends_on` or a reference,
+    directly or through the resources and locals it names (Terraform orders the
+    whole chain). "*" stands for every API `google_project_service.api` enables."""
+    def named(body: Any) -> set[tuple[str, str, str]]:
+        return {m for text in _strings(body) for m in _DEPENDENCY.findall(text)}
+
+    memo: dict[tuple[str, str], set[str]] = {}
+
+    def ensured(kind: str, name: str, key: str, seen: frozenset[tuple[str, str]]) -> set[str]:
+        if (kind, name) == ("google_project_service", "api"):
+            return {key or "*"}
+        if (kind, name) in seen:
+            return set()
+        if kind != "local" and (kind, name) in memo:
+            return memo[(kind, name)]
+        body = config.locals.get(name) if kind == "local" else config.resources.get((kind, name))
+        result = {api for dep in named(body) for api in ensured(*dep, seen | {(kind, name)})}
+        if kind != "local":
+            memo[(kind, name)] = result
+        return result
+
+    return {key: ensured(*key, "", frozenset()) for key in config.resources}
+
+
+def test_every_resource_waits_for_its_api(tf_config: tfconfig.Config) -> None:
+    """In an empty project the first apply creates everything at once: a service
+    account, topic or secret created while its API is still being enabled fails, so
+    each resource of a service that is off by default depends on enabling it."""
+    ensured = apis_ensured(tf_config)
+    missing = []
+    for (rtype, rname), apis in ensured.items():
+        needed = next((api for prefix, api in API_OF_TYPE.items() if rtype.startswith(prefix)),
+                      None)
+        if needed and not apis & {needed, "*"}:
+            missing.append(f"{rtype}.{rname} needs {needed}")
+    assert not missing, missing
+    # The check sees what is missing: a service account with no ordering at all.
+    bare = dict(tf_config.resources)
+    bare[("google_service_account", "probe")] = {"account_id": "probe"}
+    probe = apis_ensured(tfconfig.Config(files={}, resources=bare, locals=tf_config.locals))
+    assert probe[("google_service_account", "probe")] == set()
+
 # --- Data ------------------------------------------------------------------------------
 
 def test_the_watchdogs_query_has_its_composite_index(deployment: Deployment) -> None:
