@@ -19,6 +19,7 @@ import logging
 import socketserver
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ SERVICE_DISABLED = {"error": {
 class Seen:
     token_requests: int = 0
     sign_requests: list[str] = field(default_factory=list)  # Authorization headers
+    sign_paths: list[str] = field(default_factory=list)
 
 
 def _certificate(tmp: Path) -> tuple[Path, Path, Path]:
@@ -165,6 +167,7 @@ def _iam_proxy(seen: Seen, cert: Path, key: Path) -> socketserver.TCPServer:
                 reader.read(int(headers.get("content-length", "0")))
                 if ":signBlob" in line:
                     seen.sign_requests.append(headers.get("authorization", ""))
+                    seen.sign_paths.append(line.split()[1].split("?")[0])
                 data = json.dumps(SERVICE_DISABLED).encode()
                 tls.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
                             b"Connection: close\r\nContent-Length: "
@@ -246,6 +249,9 @@ def test_a_refused_signature_still_answers_the_job_with_its_uri(
     assert body["output"]["uri"] == "gs://aiprod-outputs/outputs/jobs/x/output.mp4"
     assert body["output"]["download_url"] is None
     assert refusing_iam.sign_requests == [f"Bearer {TOKEN}"]  # signBlob was really asked
+    # ... as the function's own service account, not "default"
+    assert refusing_iam.sign_paths == [
+        f"/v1/projects/-/serviceAccounts/{SERVICE_ACCOUNT}:signBlob"]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "no download URL" in warnings[0].getMessage()
@@ -291,3 +297,54 @@ def test_concurrent_gets_share_one_refresh(refusing_iam: Seen, stack: LocalStack
     assert len(errors) == 8
     assert all(isinstance(e, SigningUnavailable) for e in errors)
     assert refusing_iam.token_requests == 1
+
+
+def _silent_proxy() -> socketserver.TCPServer:
+    """A proxy that accepts every connection and never answers: an endpoint that
+    cannot be reached in time."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            threading.Event().wait(60)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    return Server(("127.0.0.1", 0), Handler)
+
+
+@pytest.mark.parametrize("endpoint", ["refused", "silent"])
+def test_an_unreachable_signing_endpoint_degrades_at_once(
+        refusing_iam: Seen, stack: LocalStack, monkeypatch: pytest.MonkeyPatch,
+        endpoint: str) -> None:
+    """iamcredentials.googleapis.com cannot be reached (connection refused, or no
+    answer): the GET answers 200 with the uri and no download_url within the signing
+    timeout. google-cloud-storage's own signBlob call retries such errors for 120 s
+    and then raises RetryError, which the API answered with a 500."""
+    from aiprod.adapters import storage as storage_adapter
+
+    monkeypatch.setattr(storage_adapter, "SIGN_TIMEOUT_S", 1.0)
+    if endpoint == "silent":
+        silent = _silent_proxy()
+        threading.Thread(target=silent.serve_forever, daemon=True).start()
+        port = silent.server_address[1]
+    else:
+        with socketserver.TCPServer(("127.0.0.1", 0), socketserver.BaseRequestHandler) as probe:
+            port = probe.server_address[1]  # closed again: nothing listens there
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    credentials = compute_engine.Credentials()
+    client = storage.Client(project="aiprod-test", credentials=credentials)
+    rt = _runtime(stack, GcsOutputStore("aiprod-outputs", "outputs", client=client))
+    record, key = create_key(rt.access, "signing-test")
+    job = _finished_job(rt, record.owner)
+
+    started = time.monotonic()
+    status, body = _get(rt, f"/v1/jobs/{job.id}", key)
+    elapsed = time.monotonic() - started
+
+    assert status == 200, body
+    assert body["output"]["uri"] == "gs://aiprod-outputs/outputs/jobs/x/output.mp4"
+    assert body["output"]["download_url"] is None
+    assert elapsed < 15, elapsed  # google-auth retries 5xx only, a second or two apart

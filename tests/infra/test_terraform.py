@@ -795,21 +795,19 @@ def test_pubsub_service_agent_can_dead_letter(deployment: Deployment,
 
 def test_the_api_that_signs_download_urls_is_enabled(deployment: Deployment) -> None:
     """The API signs download URLs as its own service account through signBlob of
-    the IAM Service Account Credentials API (google-cloud-storage calls
-    iamcredentials.googleapis.com when given service_account_email and an access
-    token), which a project must enable:
+    the IAM Service Account Credentials API (google-auth's iam.Signer calls
+    iamcredentials.googleapis.com), which a project must enable:
     https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/signBlob"""
     import inspect
 
-    from google.cloud.storage import _signing
+    from google.auth import iam
 
     from aiprod.adapters import storage
 
-    assert "service_account_email=" in inspect.getsource(storage.GcsOutputStore.download_url)
-    # google-cloud-storage signs through https://iamcredentials.<universe>/...:signBlob
-    signer = inspect.getsource(_signing._sign_message)
-    assert "https://iamcredentials." in signer
-    assert ":signBlob" in signer
+    assert "iam.Signer(" in inspect.getsource(storage.GcsOutputStore._iam_signing)
+    # google-auth signs through https://iamcredentials.<universe>/...:signBlob
+    assert iam._IAM_SIGN_ENDPOINT.startswith("https://iamcredentials.googleapis.com/")
+    assert iam._IAM_SIGN_ENDPOINT.endswith(":signBlob")
     services = {i.get("service") for i in deployment.instances("google_project_service",
                                                                "api").values()}
     assert "iamcredentials.googleapis.com" in services

@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlparse
 
+# One signBlob request may take this long (google-auth's Signer retries a 5xx twice
+# more, with a second or two between): a download URL is a convenience, never worth
+# holding a GET for.
+SIGN_TIMEOUT_S = 10.0
+
 
 class SigningUnavailable(Exception):
     """No download URL could be signed (IAM signBlob refused or unreachable, or the
@@ -145,8 +150,7 @@ class GcsOutputStore:
                 token = self._access_token(credentials)
                 url: str = blob.generate_signed_url(
                     version="v4", expiration=expires_in, method="GET",
-                    service_account_email=credentials.service_account_email,
-                    access_token=token)
+                    credentials=self._iam_signing(credentials))
             except GoogleAuthError as error:
                 reason = f"{type(error).__name__}: {error}"[:500]
                 if token:
@@ -156,6 +160,26 @@ class GcsOutputStore:
         signed: str = blob.generate_signed_url(version="v4", expiration=expires_in,
                                                method="GET")
         return signed
+
+    def _iam_signing(self, credentials: Any) -> Any:
+        """Signing credentials whose signature is IAM signBlob of the runtime's own
+        service account (iamcredentials.googleapis.com, google.auth.iam.Signer), each
+        call bounded by SIGN_TIMEOUT_S. google-cloud-storage's own path
+        (service_account_email= with access_token=) retries an unreachable endpoint
+        for up to 120 s and then raises RetryError: a GET would hang two minutes and
+        answer 500 instead of degrading at once."""
+        import functools
+
+        import google.auth.transport.requests
+        from google.auth import iam
+        from google.oauth2 import service_account
+
+        request = functools.partial(google.auth.transport.requests.Request(),
+                                    timeout=SIGN_TIMEOUT_S)
+        email = credentials.service_account_email
+        signer = iam.Signer(request, credentials, email)  # type: ignore[no-untyped-call]
+        return service_account.Credentials(  # type: ignore[no-untyped-call]
+            signer, email, "https://oauth2.googleapis.com/token")
 
     def _access_token(self, credentials: Any) -> str:
         """The runtime's token, refreshed only when google-auth says it is no longer
