@@ -52,8 +52,11 @@ locals {
   # (topology.tf), so alerts fire where the functions refuse.
   monitoring_settings = {
     daily_budget_usd      = var.daily_budget_usd
-    daily_budget_warn_usd = var.daily_budget_warn_usd
+    daily_budget_warn_usd = local.daily_budget_warn_usd
   }
+
+  # The warning threshold: the operator's, or 90% of the budget it warns about.
+  daily_budget_warn_usd = coalesce(var.daily_budget_warn_usd, var.daily_budget_usd * 0.9)
 
   # One log-based metric per metric: counters count lines, distributions and
   # gauges take the line's value into explicit buckets.

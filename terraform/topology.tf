@@ -61,7 +61,7 @@ locals {
     AIPROD_EVENTS_TOPIC          = local.events_topic
     AIPROD_OUTPUT_URI            = "gs://${local.output_bucket}/outputs"
     AIPROD_DAILY_BUDGET_USD      = tostring(var.daily_budget_usd)
-    AIPROD_DAILY_BUDGET_WARN_USD = tostring(var.daily_budget_warn_usd)
+    AIPROD_DAILY_BUDGET_WARN_USD = tostring(local.daily_budget_warn_usd)
     AIPROD_IMAGE_BUCKETS         = join(",", var.input_image_buckets)
     AIPROD_CACHE_TTL_S           = tostring(var.cache_ttl_days * 86400)
     AIPROD_CACHE_SCOPE           = var.cache_scope

@@ -255,12 +255,12 @@ variable "cache_scope" {
 }
 
 variable "daily_budget_warn_usd" {
-  description = "Daily spend at which AIPROD warns, in USD (AIPROD_DAILY_BUDGET_WARN_USD); below daily_budget_usd."
+  description = "Daily spend at which AIPROD warns, in USD (AIPROD_DAILY_BUDGET_WARN_USD); at most daily_budget_usd. Unset: 90% of daily_budget_usd, so changing the budget moves the warning with it."
   type        = number
-  default     = 90
+  default     = null
 
   validation {
-    condition     = var.daily_budget_warn_usd > 0 && var.daily_budget_warn_usd <= var.daily_budget_usd
+    condition     = var.daily_budget_warn_usd == null ? true : (var.daily_budget_warn_usd > 0 && var.daily_budget_warn_usd <= var.daily_budget_usd)
     error_message = "daily_budget_warn_usd must be positive and at most daily_budget_usd."
   }
 }

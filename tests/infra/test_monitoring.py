@@ -259,7 +259,7 @@ def test_budget_alerts_fire_where_the_deployed_functions_refuse(
     """The 90/100 USD of the alerts are the code's defaults and Terraform's: a
     committed-money line at the limit matches the critical alert's filter."""
     defaults = Settings.model_construct()
-    assert (evaluated.vars["daily_budget_warn_usd"], evaluated.vars["daily_budget_usd"]) == (
+    assert (evaluated.locals["daily_budget_warn_usd"], evaluated.vars["daily_budget_usd"]) == (
         defaults.daily_budget_warn_usd, defaults.daily_budget_usd)
     policies = alert_policies(deployment)
 
@@ -381,13 +381,19 @@ def test_alerts_slos_and_dashboard_wait_for_new_log_based_metrics(
 
 # --- Budget thresholds: one value for the functions and the alerts ------------------------------
 
+@pytest.mark.parametrize(("variables", "limit", "warn"), [
+    ({"daily_budget_usd": 250, "daily_budget_warn_usd": 200}, 250, 200),
+    # An operator who raises only the budget moves the warning with it (90%).
+    ({"daily_budget_usd": 250}, 250, 225),
+    ({"daily_budget_usd": 50}, 50, 45),
+])
 def test_budget_alert_thresholds_follow_the_budget_variables(
-        tf_config: tfconfig.Config, tmp_path: Path) -> None:
-    """With a daily budget of 250 (warning at 200) the deployed functions refuse at
-    250, so the alerts must fire at 250 and 200, not at monitoring.yaml's old 100/90."""
+        tf_config: tfconfig.Config, tmp_path: Path, variables: dict[str, float], limit: float,
+        warn: float) -> None:
+    """With a daily budget of 250 the deployed functions refuse at 250, so the alerts
+    must fire at 250 and at the warning, not at monitoring.yaml's old 100/90."""
     evaluated = tfconfig.evaluate_locals(tf_config, tmp_path, {
-        "project_id": "aiprod-offline-test", "daily_budget_usd": 250,
-        "daily_budget_warn_usd": 200})
+        "project_id": "aiprod-offline-test", **variables})
     deployment = Deployment(tf_config, evaluated)
     policies = alert_policies(deployment)
 
@@ -396,16 +402,15 @@ def test_budget_alert_thresholds_follow_the_budget_variables(
         log_filter = condition.block("condition_matched_log").get("filter")
         return matches(log_filter, emitted_line("budget_committed_usd", committed))
 
-    api = next(fn for fn in deployment.instances("google_cloudfunctions2_function",
-                                                 "fn").values() if fn.key == "api")
-    env = api.block("service_config").get("environment_variables")
-    assert (float(env["AIPROD_DAILY_BUDGET_USD"]), float(env["AIPROD_DAILY_BUDGET_WARN_USD"])) \
-        == (250, 200)
-    assert fires("budget_critical", 250)
-    assert not fires("budget_critical", 249.99)
-    assert fires("budget_warning", 200)
-    assert not fires("budget_warning", 199.99)
-    assert not fires("budget_critical", 100)
+    for fn in deployment.instances("google_cloudfunctions2_function", "fn").values():
+        env = fn.block("service_config").get("environment_variables")
+        assert (float(env["AIPROD_DAILY_BUDGET_USD"]),
+                float(env["AIPROD_DAILY_BUDGET_WARN_USD"])) == (limit, warn), fn.key
+    assert fires("budget_critical", limit)
+    assert not fires("budget_critical", limit - 0.01)
+    assert fires("budget_warning", warn)
+    assert not fires("budget_warning", warn - 0.01)
+    assert not fires("budget_critical", warn)
     for name in ("budget_warning", "budget_critical"):
         text = policies[name].get("display_name") + policies[name].block(
             "documentation").get("content")
