@@ -86,11 +86,10 @@ def test_package_upload_and_terraform_use_the_same_archive() -> None:
 
 def test_substitutions() -> None:
     subs = BUILD["substitutions"]
-    assert {"_PROJECT_ID", "_REGION", "_DEPLOY_BUCKET"} <= set(subs)
+    assert {"_PROJECT_ID", "_DEPLOY_BUCKET"} <= set(subs)
     assert BUILD["options"]["dynamicSubstitutions"] is True  # _PROJECT_ID: ${PROJECT_ID}
     plan = step("terraform-plan")["args"]
     assert "-var=project_id=${_PROJECT_ID}" in plan
-    assert "-var=region=${_REGION}" in plan
     assert "-backend-config=bucket=${_DEPLOY_BUCKET}" in step("terraform-init")["args"]
     text = (tfconfig.REPO / "cloudbuild.yaml").read_text()
     used = set(re.findall(r"\$\{(_\w+)\}", text))
@@ -115,7 +114,8 @@ def stand_in(tmp_path: Path, name: str, body: str) -> dict[str, str]:
 def run_step(step_id: str, tmp_path: Path, env: dict[str, str], branch: str = "main",
              cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     s = step(step_id)
-    script = substitute(s["args"][-1], {"BRANCH_NAME": branch, "_DEPLOY_BUCKET": "my-deploy"})
+    script = substitute(s["args"][-1], {"BRANCH_NAME": branch, "_DEPLOY_BUCKET": "my-deploy",
+                                            "_PROJECT_ID": "my-project"})
     return subprocess.run([s["entrypoint"], *s["args"][:-1], script], env=env,
                           capture_output=True, text=True, cwd=cwd or tmp_path)
 
@@ -145,8 +145,12 @@ def test_plan_uses_the_operators_variables() -> None:
     assert ORDER.index("terraform-vars") < ORDER.index("terraform-plan")
     plan = step("terraform-plan")["args"]
     assert "-var-file=deploy.tfvars" in plan
-    # Project and region from the build override the file's (a -var wins over a -var-file).
+    # The project is the build's (a -var wins over a -var-file); the vars step has
+    # refused a file naming another one.
     assert plan.index("-var-file=deploy.tfvars") < plan.index("-var=project_id=${_PROJECT_ID}")
+    # Every other setting is the file's: no build default overrides it (a -var=region
+    # from a trigger left at us-central1 would move an operator's europe-west1 functions).
+    assert [a for a in plan if a.startswith("-var=")] == ["-var=project_id=${_PROJECT_ID}"]
 
 
 def test_the_variables_come_from_the_deploy_bucket(tmp_path: Path) -> None:
@@ -160,6 +164,23 @@ def test_the_variables_come_from_the_deploy_bucket(tmp_path: Path) -> None:
     # The docs say where the file lives.
     docs = (tfconfig.REPO / "docs" / "deploying.md").read_text()
     assert "gs://$DEPLOY_BUCKET/terraform.tfvars" in docs
+
+
+@pytest.mark.parametrize(("tfvars", "accepted"), [
+    ('project_id = "my-project"\nregion = "europe-west1"\n', True),
+    ('region = "europe-west1"\n', True),
+    ('  project_id    =   "someone-else"  # copied from staging\n', False),
+])
+def test_a_file_for_another_project_is_refused(tmp_path: Path, tfvars: str,
+                                               accepted: bool) -> None:
+    (tmp_path / "terraform").mkdir()
+    (tmp_path / "file.tfvars").write_text(tfvars)
+    env = stand_in(tmp_path, "gcloud", f'cp {tmp_path / "file.tfvars"} "$4"')
+    run = run_step("terraform-vars", tmp_path, env)
+    assert (run.returncode == 0) is accepted, run.stderr
+    if not accepted:
+        assert "deploys project 'someone-else'" in run.stderr
+        assert "'my-project'" in run.stderr
 
 
 def test_without_the_variables_the_build_stops_with_a_clear_message(tmp_path: Path) -> None:
