@@ -172,6 +172,9 @@ def test_a_replayed_commit_counts_once(stack: LocalStack) -> None:
                                                "spent": USD}
     figures = ledger.figures(day, day_scope, 9 * USD)
     assert (figures.spent_micros, figures.reserved_micros) == (USD, 0)
+    # The spend per hour (the forecast's history) is in the settlement's batch: once.
+    assert sum(ledger.hourly_spent(day, GLOBAL)) == USD
+    assert sum(ledger.hourly_spent(day, "key:k1")) == USD
 
 
 def test_a_hold_closed_elsewhere_before_its_grant_does_not_go_ahead(

@@ -108,6 +108,15 @@ def test_ttl_fields_are_the_ones_the_code_sets(deployment: Deployment) -> None:
                 f"{name} writes {collection} without its TTL field {ttl_field}")
 
 
+def test_the_operators_guides_name_every_expiring_collection(deployment: Deployment) -> None:
+    """An operator reads what expires in the deploying guide and terraform/README.md,
+    not in firestore.tf: a new TTL policy is named there too."""
+    for guide in ("docs/deploying.md", "terraform/README.md"):
+        text = (tfconfig.REPO / guide).read_text()
+        missing = sorted(c for c in ttl_policies(deployment) if f"`{c}`" not in text)
+        assert not missing, f"{guide} does not name the expiring collections {missing}"
+
+
 def test_the_scan_is_not_vacuous(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text('JOBS = "jobs"\ndef f(c):\n    c.collection(JOBS)\n'
                                    '    c.collection("x").document("d").collection("y")\n')
