@@ -158,6 +158,7 @@ def test_a_render_dead_lettered_again_after_its_redrives_fails_the_job_and_stops
     after = fx.store.get(job_id)
     assert after is not None
     assert after.status is JobStatus.FAILED
+    assert f"re-driven {MAX_STARTED_REDRIVES} times" in after.status_reason
     assert len(cancels_sent(fx, job.plan[0])) == 1
     assert fx.bus.event_types() == ["job.failed"]
     assert renders_sent(fx, job.plan[0]) == []

@@ -71,13 +71,13 @@ def decide(job: Job | None, attempt: int, now: dt.datetime, max_age: dt.timedelt
     if seen.action is Action.NONE:
         if too_old:  # a render crashing on every delivery renews its lease each time
             return DeadLetterVerdict(DeadLetterAction.END, reason=(
-                f"dead-lettered under a live lease, older than {max_age}"))
+                f"under a live lease, but older than the re-drive bound ({max_age})"))
         return DeadLetterVerdict(DeadLetterAction.IGNORE, reason=seen.reason)
     if seen.action is Action.END:
         return DeadLetterVerdict(DeadLetterAction.END, reason=seen.reason)
     if too_old:
         return DeadLetterVerdict(DeadLetterAction.END, reason=(
-            f"older than {max_age}: not re-driven ({seen.reason})"))
+            f"older than the re-drive bound ({max_age}): not re-driven; {seen.reason}"))
     if seen.action is Action.FOLLOW_UP:
         return DeadLetterVerdict(DeadLetterAction.FOLLOW_UP, seen.backend, seen.attempt,
                                  reason=seen.reason)

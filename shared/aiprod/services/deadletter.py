@@ -74,8 +74,8 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
             "the job is handed on", **fields)
         render.follow_up(rt, current, verdict.attempt)
         return
-    _end(rt, message, f"dead-lettered from {source} after {attempts} deliveries", now,
-         started_redrives)
+    _end(rt, message, f"dead-lettered from {source} after {attempts} deliveries "
+         f"({verdict.reason})", now, started_redrives)
 
 
 def _count(attributes: dict[str, str], name: str) -> int:
