@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from aiprod.adapters.store import FirestoreJobStore
+from aiprod.domain.job import Job
+from aiprod.wiring.config import Settings
 from tests.conftest import MAX_DELIVERY_ATTEMPTS, LocalStack
 
 pytestmark = pytest.mark.emulator
@@ -67,3 +69,13 @@ def left_alone(log: Path, job_id: str, timeout: float = 10) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def age_past_redrive_bound(local: LocalStack, job_id: str) -> None:
+    """Make a job older than AIPROD_REDRIVE_MAX_AGE_S: the one bound under which a
+    dead-lettered render ends a job whose attempt a render holds (a render crashing on
+    every delivery renews its lease at each claim, so its own dead letter meets it)."""
+    def older(job: Job) -> None:
+        job.created_at -= dt.timedelta(seconds=Settings().redrive_max_age_s + 60)
+
+    assert FirestoreJobStore(local.firestore()).mutate(job_id, older) is not None
