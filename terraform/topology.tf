@@ -185,11 +185,15 @@ locals {
   # https://cloud.google.com/pubsub/docs/handling-failures
   # Capacity is never a reason to fail a job: when every render instance is
   # busy Cloud Run answers the push 429 and Pub/Sub retries. A render message
-  # keeps trying for at least (100 - 1) x 60 s = 99 min, eleven render timeouts
+  # keeps trying for a configured window of (100 - 1) x 60 s = 99 min (best
+  # effort: Pub/Sub's delay "can be more or less than configured backoff",
+  # https://cloud.google.com/java/docs/reference/google-cloud-pubsub/latest/com.google.pubsub.v1.RetryPolicy),
+  # eleven render timeouts
   # (540 s), while renders in flight finish and free their slots; one that
-  # still dead-letters before its attempt started is put back on its render
-  # topic by the dead-letter function (AIPROD_REDRIVE_MAX times). A webhook
-  # receiver may be down 99 x 60 s = 99 min at the least (tests/infra pin both).
+  # still dead-letters is put back on its render topic by the dead-letter
+  # function when no render holds its attempt, while the job is younger than
+  # AIPROD_REDRIVE_MAX_AGE_S (domain/deadletter.py). A webhook
+  # receiver may be down 99 x 60 s = 99 min as configured (tests/infra pin both).
   delivery = {
     for name, s in local.push_subscriptions :
     name => local.functions_spec.delivery[local.functions[s.function].kind]

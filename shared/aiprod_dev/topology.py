@@ -48,9 +48,12 @@ class Delivery:
     max_delivery_attempts: int | None = None   # None: no dead-letter policy
 
     @property
-    def guaranteed_retry_s(self) -> float:
-        """How long Pub/Sub keeps retrying at the least, whatever its backoff's growth
-        (every wait is at least the minimum backoff)."""
+    def configured_retry_s(self) -> float:
+        """The retry window the policy configures: the least its backoff allows,
+        whatever its growth (every configured wait is at least the minimum backoff).
+        Best effort, not a guarantee: Pub/Sub's delay between deliveries "can be more
+        or less than configured backoff"
+        (https://cloud.google.com/java/docs/reference/google-cloud-pubsub/latest/com.google.pubsub.v1.RetryPolicy)."""
         return ((self.max_delivery_attempts or 1) - 1) * self.minimum_backoff_s
 
 

@@ -21,6 +21,7 @@ import pytest
 from aiprod_dev.localstack import control
 from aiprod_dev.localstack.stack import LOCAL_CREDENTIALS
 from tests.conftest import LocalStack
+from tests.emulator.test_deadletter_capacity import age_past_redrive_bound
 
 pytestmark = pytest.mark.emulator
 
@@ -141,6 +142,7 @@ def test_a_dead_lettered_render_of_a_running_task_is_cancelled_at_the_provider(
     assert job["plan"][0] == "replicate-seedance"
     running = local.wait(job["id"], until=lambda j: bool(j["attempts"])
                          and bool(j["attempts"][0]["provider_task_id"]))
+    age_past_redrive_bound(local, job["id"])  # or the live render is left alone
 
     topic = "render-replicate-seedance-dead-letter"
     reply = local.push("dead-letter", topic,

@@ -14,6 +14,7 @@ import pytest
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from aiprod.adapters.store import FirestoreJobStore
+from aiprod.domain.deadletter import MAX_STARTED_REDRIVES
 from aiprod.domain.job import Attempt, AttemptStatus, Job, JobRequest, JobStatus
 from aiprod_dev.localstack.processes import free_port
 from tests.conftest import LocalStack
@@ -48,8 +49,11 @@ def broken_endpoint() -> Iterator[str]:
     server.shutdown()
 
 
-def test_a_dead_lettered_render_fails_its_job_and_counts_what_may_have_been_billed(
+def test_a_render_dead_lettered_past_its_redrives_fails_its_job_and_counts_the_bill(
         local: LocalStack, broken_endpoint: str) -> None:
+    """A render whose attempt started is re-driven from the dead letter a bounded number
+    of times (the count travels in the message's attributes, through Pub/Sub's dead
+    lettering); past it, a render failing on every delivery ends its job."""
     now = dt.datetime.now(dt.UTC)
     job = Job(id=f"job_{uuid.uuid4().hex}", owner="test", request=JobRequest(prompt="doomed"),
               plan=["replicate-seedance"], status=JobStatus.RENDERING, estimated_cost_usd=0.4,
@@ -74,7 +78,8 @@ def test_a_dead_lettered_render_fails_its_job_and_counts_what_may_have_been_bill
         "push_config": {"push_endpoint": f"{local.url('dead-letter')}/{dead}"}})
 
     message = {"job_id": job.id, "backend": "replicate-seedance", "attempt": 0}
-    publisher.publish(topic, json.dumps(message).encode(), job_id=job.id).result()
+    publisher.publish(topic, json.dumps(message).encode(), job_id=job.id,
+                      started_redrives=str(MAX_STARTED_REDRIVES)).result()
 
     store = FirestoreJobStore(local.firestore())
     deadline = time.monotonic() + 60

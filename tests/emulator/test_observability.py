@@ -26,6 +26,7 @@ from aiprod.http.entrypoints import intake_job_id
 from aiprod.observability import monitoring
 from aiprod.observability.metrics import LOGGER_NAME
 from tests.conftest import LocalStack
+from tests.emulator.test_deadletter_capacity import age_past_redrive_bound
 
 pytestmark = pytest.mark.emulator
 
@@ -99,6 +100,7 @@ def test_a_jobs_story_reads_back_by_its_id_and_trace_across_functions(
     job_id = reply.json()["id"]
     local.wait(job_id, until=lambda j: bool(j["attempts"])
                and bool(j["attempts"][0]["provider_task_id"]))
+    age_past_redrive_bound(local, job_id)  # or the live render is left alone
 
     # What Pub/Sub does after the last failed delivery: the same message, its own
     # attributes, plus the dead-letter ones, pushed to the dead-letter function.

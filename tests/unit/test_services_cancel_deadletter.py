@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiprod.adapters.providers.base import TaskState, TaskStatus
+from aiprod.domain import lifecycle
 from aiprod.domain.budget import to_micros
-from aiprod.domain.job import AttemptStatus, JobStatus
+from aiprod.domain.deadletter import MAX_STARTED_REDRIVES
+from aiprod.domain.job import AttemptStatus, Job, JobStatus
 from aiprod.services.cancel import cancel_job, stop_task
-from aiprod.services.deadletter import handle_dead_letter
+from aiprod.services.deadletter import STARTED_REDRIVES, handle_dead_letter
 from aiprod.services.messages import RenderMessage
 from tests.fakes import Fakes, fake_runtime
 from tests.service_helpers import admit, deliver, figures, message, renders_sent
@@ -90,11 +92,83 @@ def test_a_render_message_dead_lettered_before_its_attempt_started_is_redriven(
     assert after.status is JobStatus.QUEUED
 
 
-def test_a_render_message_dead_lettered_while_running_fails_the_job_and_stops_the_task(
+def continued(fx: Fakes, job_id: str) -> Job:
+    """The continuation of a rendering job claims its attempt: a live lease again."""
+    job = fx.store.get(job_id)
+    assert job is not None
+    backend = fx.rt.catalog.get(job.plan[0])
+    done = fx.store.mutate(job_id, lambda j: lifecycle.claim_attempt(
+        j, backend.name, 0, "continuation", fx.rt.clock(), fx.rt.settings.attempt_lease, 0.0))
+    assert done is not None
+    assert done[1].kind is lifecycle.ClaimKind.RESUME
+    return done[0]
+
+
+def test_a_dead_lettered_duplicate_of_a_render_under_a_live_lease_leaves_it_alone(
         tmp_path: Path) -> None:
+    """The watchdog's copy of a dispatch that waited in the capacity backlog is
+    dead-lettered while the original copy renders: acknowledged, nothing else."""
+    fx, job_id = rendering(tmp_path)
+    job = continued(fx, job_id)
+    held = figures(fx).reserved_micros
+
+    handle_dead_letter(fx.rt, message(job).body(), DEAD | {"job_id": job_id})
+
+    assert fx.store.get(job_id) == job
+    assert fx.bus.published == []  # no cancel, no event, no re-drive
+    assert figures(fx).reserved_micros == held > 0
+
+
+def test_a_dead_lettered_continuation_nobody_holds_is_resumed_on_the_same_task(
+        tmp_path: Path) -> None:
+    """A long render handed off to a continuation that never got an instance (429 on
+    every delivery): it goes back on its render topic, and its claim resumes the
+    checkpointed task; nothing is created twice."""
+    fx, job_id = rendering(tmp_path)  # handed off: its lease was released
+    job = fx.store.get(job_id)
+    assert job is not None
+
+    handle_dead_letter(fx.rt, message(job).body(), DEAD | {"job_id": job_id})
+
+    [sent] = fx.bus.published
+    assert RenderMessage.model_validate(sent.payload) == message(job)
+    assert sent.attributes[STARTED_REDRIVES] == "1"
+    after = fx.store.get(job_id)
+    assert after is not None
+    assert after.status is JobStatus.RENDERING
+    provider = fx.provider(job.plan[0])
+    provider.polls["task-1"] = [TaskStatus(TaskState.SUCCEEDED, 1.0)]
+    done = deliver(fx, after, delivery="redriven")
+    assert done.status is JobStatus.SUCCEEDED
+    assert provider.calls_of("create") == [job_id]
+    assert provider.calls_of("cancel") == []
+
+
+def test_a_render_dead_lettered_again_after_its_redrives_fails_the_job_and_stops_the_task(
+        tmp_path: Path) -> None:
+    """A render that fails on every delivery still ends, as any dead-lettered render
+    did before: FAILED, its holds closed, its task stopped by its backend."""
     fx, job_id = rendering(tmp_path)
     job = fx.store.get(job_id)
     assert job is not None
+
+    handle_dead_letter(fx.rt, message(job).body(), DEAD | {
+        "job_id": job_id, STARTED_REDRIVES: str(MAX_STARTED_REDRIVES)})
+
+    after = fx.store.get(job_id)
+    assert after is not None
+    assert after.status is JobStatus.FAILED
+    assert f"re-driven {MAX_STARTED_REDRIVES} times" in after.status_reason
+    assert len(cancels_sent(fx, job.plan[0])) == 1
+    assert fx.bus.event_types() == ["job.failed"]
+    assert renders_sent(fx, job.plan[0]) == []
+    assert renders_sent(fx, job.plan[1]) == []  # no fallback: the task may be rendering
+
+
+def test_a_render_dead_lettered_past_the_job_age_bound_fails_the_job(tmp_path: Path) -> None:
+    fx, job_id = rendering(tmp_path)
+    job = continued(fx, job_id)
+    fx.clock.advance(fx.rt.settings.redrive_max_age_s + 1)
 
     handle_dead_letter(fx.rt, message(job).body(), DEAD | {"job_id": job_id})
 
@@ -102,8 +176,22 @@ def test_a_render_message_dead_lettered_while_running_fails_the_job_and_stops_th
     assert after is not None
     assert after.status is JobStatus.FAILED
     assert len(cancels_sent(fx, job.plan[0])) == 1
-    assert fx.bus.event_types() == ["job.failed"]
-    assert renders_sent(fx, job.plan[1]) == []  # no fallback: the task may be rendering
+
+
+def test_a_dead_lettered_render_whose_attempt_ended_unhanded_is_handed_on(fx: Fakes) -> None:
+    """The render ended its attempt and died before publishing to the next backend."""
+    job = admit(fx)
+    fx.provider(job.plan[0]).video = b"not a video"
+    deliver(fx, job)  # attempt 0 fails its output check; attempt 1 dispatched ...
+    fx.bus.clear()    # ... and that publish is lost
+
+    handle_dead_letter(fx.rt, message(job).body(), DEAD | {"job_id": job.id})
+
+    sent = renders_sent(fx, job.plan[1])
+    assert [RenderMessage.model_validate(p) for p in sent] == [message(job, 1)]
+    after = fx.store.get(job.id)
+    assert after is not None
+    assert after.status is JobStatus.RENDERING
 
 
 def test_a_stale_dead_lettered_copy_leaves_the_job_alone(fx: Fakes) -> None:

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
 from pydantic import ValidationError
 
+from aiprod.domain import deadletter as policy
 from aiprod.domain import lifecycle
+from aiprod.domain.deadletter import DeadLetterAction
 from aiprod.domain.job import Job
 from aiprod.observability.logs import log
-from aiprod.services import budget, telemetry
+from aiprod.services import budget, render, telemetry
 from aiprod.services.cancel import settle_unstoppable
 from aiprod.services.messages import RenderMessage, intake_job_id
 from aiprod.services.publishing import emit_rejected, emit_terminal, request_stop
 from aiprod.wiring.runtime import Runtime
 
 logger = logging.getLogger(__name__)
+
+# Message attribute: how many times this render message was re-driven from the dead
+# letter while its attempt had started (capped: policy.MAX_STARTED_REDRIVES).
+STARTED_REDRIVES = "started_redrives"
 
 
 def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[str, str],
@@ -38,20 +45,86 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
     if message.action == "cancel":
         settle_unstoppable(rt, message)
         return
-    reason = f"dead-lettered from {source} after {attempts} deliveries"
+    now = rt.clock()
     current = rt.store.get(message.job_id)
-    if current is not None and message.attempt < len(current.attempts) - 1:
-        # A stale copy for an attempt the job has moved past: the job is fine.
-        log(logger, logging.WARNING, "stale render message dead-lettered", job_id=job_id,
-            attempt=message.attempt)
+    started_redrives = _count(attributes, STARTED_REDRIVES)
+    verdict = policy.decide(current, message.attempt, now,
+                            dt.timedelta(seconds=rt.settings.redrive_max_age_s),
+                            started_redrives, rt.settings.fallback_on_refusal)
+    fields = {"job_id": job_id, "backend": message.backend, "attempt": message.attempt,
+              "source": source, "delivery_count": attempts, "reason": verdict.reason}
+    if verdict.action is DeadLetterAction.IGNORE:
+        # A duplicate of a render that is running, or a copy the job moved past: the
+        # job is fine, and failing it would stop a render capacity merely delayed.
+        log(logger, logging.WARNING, "render message dead-lettered: the job is left alone",
+            **fields)
         return
-    if current is not None and _redrive(rt, current, message, attributes, source, attempts):
+    if verdict.action is DeadLetterAction.REDRIVE:
+        assert current is not None
+        assert verdict.backend is not None
+        assert verdict.attempt is not None
+        _redrive(rt, current, RenderMessage(job_id=message.job_id, backend=verdict.backend,
+                                            attempt=verdict.attempt),
+                 attributes, verdict.started, fields)
         return
-    done = rt.store.mutate(str(job_id), lambda j: lifecycle.fail_job(j, reason, rt.clock()))
+    if verdict.action is DeadLetterAction.FOLLOW_UP:
+        assert current is not None
+        assert verdict.attempt is not None
+        log(logger, logging.WARNING, "render message dead-lettered after its attempt ended: "
+            "the job is handed on", **fields)
+        render.follow_up(rt, current, verdict.attempt)
+        return
+    _end(rt, message, f"dead-lettered from {source} after {attempts} deliveries "
+         f"({verdict.reason})", now, started_redrives)
+
+
+def _count(attributes: dict[str, str], name: str) -> int:
+    try:
+        return max(0, int(attributes.get(name, "0") or 0))
+    except ValueError:
+        return 0
+
+
+def _redrive(rt: Runtime, job: Job, message: RenderMessage, attributes: dict[str, str],
+             started: bool, fields: dict[str, object]) -> None:
+    """Put the attempt's render message back on its render topic: the render claim
+    takes the attempt over (or makes it, when it never started) and resumes the
+    checkpointed task, so nothing renders twice. The attributes count the re-drives,
+    those of a started attempt apart (they are capped)."""
+    redrives = _count(attributes, "redrives") + 1
+    started_redrives = _count(attributes, STARTED_REDRIVES) + (1 if started else 0)
+    rt.bus.publish(rt.catalog.get(message.backend).topic, message.body(), {
+        "job_id": message.job_id, "redrives": str(redrives),
+        STARTED_REDRIVES: str(started_redrives)})
+    age = (rt.clock() - job.created_at).total_seconds()
+    log(logger, logging.WARNING, "render message dead-lettered: back on its render topic",
+        **(fields | {"backend": message.backend, "attempt": message.attempt,
+                     "started": started, "redrives": redrives,
+                     "started_redrives": started_redrives, "job_age_s": round(age)}))
+
+
+def _end(rt: Runtime, message: RenderMessage, reason: str, now: dt.datetime,
+         started_redrives: int) -> None:
+    """End the job FAILED (unless it moved meanwhile), close every hold (release, or
+    settle what the provider may have billed) and have its backend stop a running task."""
+    max_age = dt.timedelta(seconds=rt.settings.redrive_max_age_s)
+
+    def end(fresh: Job) -> bool:
+        if policy.decide(fresh, message.attempt, now, max_age, started_redrives,
+                         rt.settings.fallback_on_refusal).action is not DeadLetterAction.END:
+            return False  # it moved meanwhile (claimed, handed on): not ours to end
+        return lifecycle.fail_job(fresh, reason, rt.clock())
+
+    done = rt.store.mutate(message.job_id, end)
     if done is None:
-        log(logger, logging.ERROR, "dead-lettered message for an unknown job", job_id=job_id)
+        log(logger, logging.ERROR, "dead-lettered message for an unknown job",
+            job_id=message.job_id)
         return
     job, changed = done
+    if not job.status.terminal:
+        log(logger, logging.WARNING, "dead-lettered job moved meanwhile: left alone",
+            job_id=message.job_id)
+        return
     log(logger, logging.ERROR, reason, job_id=job.id, changed=changed)
     for index in range(len(job.attempts)):
         budget.close(rt, job, index)  # release, or settle what the provider may have billed
@@ -60,27 +133,6 @@ def handle_dead_letter(rt: Runtime, payload: dict[str, Any], attributes: dict[st
     if changed:
         telemetry.ended(job)
         emit_terminal(rt, job)
-
-
-def _redrive(rt: Runtime, job: Job, message: RenderMessage, attributes: dict[str, str],
-             source: str, attempts: str) -> bool:
-    """Capacity is never a reason to fail a job: a render message that used up its
-    deliveries before its attempt ever started (every instance was busy, so Cloud Run
-    answered 429 each time) goes back on its render topic, while the job is younger
-    than redrive_max_age_s. True when it was put back."""
-    if job.status.terminal or message.attempt < len(job.attempts):
-        return False  # the attempt started: it may have rendered (and billed)
-    age = (rt.clock() - job.created_at).total_seconds()
-    if age > rt.settings.redrive_max_age_s:
-        return False
-    backend = rt.catalog.get(message.backend)
-    redrives = int(attributes.get("redrives", "0") or 0) + 1
-    rt.bus.publish(backend.topic, message.body(), {
-        "job_id": message.job_id, "redrives": str(redrives)})
-    log(logger, logging.WARNING, "render message dead-lettered before its attempt started: "
-        "back on its render topic", job_id=message.job_id, backend=message.backend,
-        source=source, delivery_count=attempts, redrives=redrives, job_age_s=round(age))
-    return True
 
 
 def _reject_intake(rt: Runtime, payload: dict[str, Any], attributes: dict[str, str],

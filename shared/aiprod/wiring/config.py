@@ -56,9 +56,9 @@ class Settings(BaseSettings):
     # Outputs a render process downloads, decodes and checks at once, whatever its
     # concurrency: what bounds its memory (and /tmp, which is memory on Cloud Functions).
     output_checks_at_once: int = Field(default=2, ge=1)
-    # A render message dead-lettered before its attempt started (every instance was
-    # busy for all its deliveries) goes back on its render topic while the job is
-    # younger than this; after, the job ends FAILED.
+    # A render message dead-lettered (every instance was busy for all its deliveries)
+    # whose attempt no render holds goes back on its render topic while the job is
+    # younger than this; after, the job ends FAILED (domain/deadletter.py).
     redrive_max_age_s: float = 24 * 3600.0
 
     # Backend health (circuit breakers shared by every instance).
