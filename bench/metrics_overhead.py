@@ -81,7 +81,9 @@ def measure(invocations: int = INVOCATIONS) -> dict[str, Any]:
     handler.setFormatter(logs.CloudLoggingFormatter())
     root = logging.getLogger()
     saved = root.level, root.handlers[:]
-    root.handlers, root.level = [handler], logging.INFO
+    # setLevel, not `.level =`: it clears the loggers' cached isEnabledFor answers
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
     try:
         context = tracing.new_trace("bench")
         timings: dict[str, list[float]] = {"baseline": [], "metrics": []}
@@ -95,7 +97,8 @@ def measure(invocations: int = INVOCATIONS) -> dict[str, Any]:
                     run()
                     timings[name].append(time.perf_counter() - start)
     finally:
-        root.level, root.handlers = saved
+        root.setLevel(saved[0])
+        root.handlers = saved[1]
         sink.close()
     lines = (sink_dir / "stdout.log").read_text().splitlines()
     points = sum(1 for line in lines if '"logger": "aiprod.metrics"' in line)

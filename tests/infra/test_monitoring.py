@@ -53,7 +53,9 @@ def emitted_line(name: str, value: float, **labels: str) -> dict[str, Any]:
     handler.setFormatter(logs.CloudLoggingFormatter())
     root = logging.getLogger()
     saved = root.level, root.handlers[:]
-    root.handlers, root.level = [handler], logging.INFO
+    # setLevel, not `.level =`: it clears the loggers' cached isEnabledFor answers
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
     try:
         kind = SPEC.metric(name).kind
         if kind == "counter":
@@ -63,7 +65,8 @@ def emitted_line(name: str, value: float, **labels: str) -> dict[str, Any]:
         else:
             metrics.observe(name, value, **labels)
     finally:
-        root.level, root.handlers = saved
+        root.setLevel(saved[0])
+        root.handlers = saved[1]
     (line,) = stream.getvalue().splitlines()
     return {"resource": {"type": "cloud_run_revision"}, "jsonPayload": json.loads(line)}
 

@@ -25,11 +25,14 @@ def logged() -> Iterator[io.StringIO]:
     handler.setFormatter(logs.CloudLoggingFormatter())
     root = logging.getLogger()
     saved = root.level, root.handlers[:]
-    root.handlers, root.level = [handler], logging.INFO
+    # setLevel, not `.level =`: it clears the loggers' cached isEnabledFor answers
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
     try:
         yield stream
     finally:
-        root.level, root.handlers = saved
+        root.setLevel(saved[0])
+        root.handlers = saved[1]
 
 
 def entries(stream: io.StringIO) -> list[dict[str, Any]]:
