@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 from collections import Counter
 
+from aiprod.adapters.ledger import Held
 from aiprod.domain import budget as budget_policy
 from aiprod.domain import lifecycle
 from aiprod.domain import watchdog as policy
@@ -31,6 +32,7 @@ from aiprod.wiring.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 PAGE = 100  # jobs read per query; a run reads pages until none is left or time is up
+HOLD_PAGE = 100  # old ledger holds read per query, likewise
 
 
 def sweep(rt: Runtime) -> dict[str, int]:
@@ -51,7 +53,7 @@ def sweep(rt: Runtime) -> dict[str, int]:
                 done["errors"] += 1
         if cursor is None or rt.monotonic() > stop_at:
             break
-    done["holds_closed"] = close_leftover_holds(rt, now, stale)
+    done["holds_closed"] = close_leftover_holds(rt, now, stale, stop_at)
     done.pop(Action.NONE.value, None)
     summary = dict(done)
     log(logger, logging.WARNING if sum(summary.values()) else logging.INFO,
@@ -115,34 +117,52 @@ def _end(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta, reason: s
     emit_terminal(rt, ended)
 
 
-def close_leftover_holds(rt: Runtime, now: dt.datetime, stale: dt.timedelta) -> int:
+def close_leftover_holds(rt: Runtime, now: dt.datetime, stale: dt.timedelta,
+                         stop_at: float | None = None) -> int:
     """Close holds that outlived their attempt (yesterday's and today's ledger days:
-    no render lasts longer). Returns how many were closed."""
+    no render lasts longer). Returns how many were closed.
+
+    Every queued job holds its admission money, so under a backlog the days hold
+    thousands of holds. The run reads only those older than `stale`, oldest first, a
+    page at a time, and starts no page after `stop_at` (its first page excepted):
+    while more old holds wait than a run can read, the newest of them wait for a
+    later run (their money stays counted as reserved meanwhile: never overspent)."""
     closed = 0
     days = dict.fromkeys(budget_policy.ledger_day(now - d)
                          for d in (dt.timedelta(days=1), dt.timedelta(0)))
+    pages = 0
     for day in days:
-        for held in rt.ledger.held(day):
-            if now - held.created_at < stale:
-                continue
-            job = rt.store.get(held.job_id) if held.job_id else None
-            verdict = policy.leftover_hold(job, held.reservation_id)
-            if verdict.close_attempt is not None and job is not None:
-                if job.attempts[verdict.close_attempt].cost_pending:
-                    # Ended from outside while its task ran; the cancel message that has
-                    # the backend stop the task and settle its charge was lost: ask again
-                    # (idempotent there). The hold closes once the charge is known.
-                    request_stop(rt, job)
-                    telemetry.watchdog_redriven(held.job_id, "stop_task")
-                    log(logger, logging.WARNING, "watchdog asked again to stop a task",
-                        job_id=held.job_id, reservation_id=held.reservation_id, day=day)
-                    continue
-                if not budget.close(rt, job, verdict.close_attempt):
-                    continue
-            elif not (verdict.release and rt.ledger.release(day, held.reservation_id)):
-                continue
-            closed += 1
-            telemetry.watchdog_redriven(held.job_id, "close_hold")
-            log(logger, logging.WARNING, "watchdog closed a leftover budget hold",
-                job_id=held.job_id, reservation_id=held.reservation_id, day=day)
+        cursor: object | None = None
+        while True:
+            if pages and stop_at is not None and rt.monotonic() > stop_at:
+                return closed
+            holds, cursor = rt.ledger.held_before(day, now - stale, HOLD_PAGE, cursor)
+            pages += 1
+            closed += sum(_close_leftover(rt, held) for held in holds)
+            if cursor is None:
+                break
     return closed
+
+
+def _close_leftover(rt: Runtime, held: Held) -> bool:
+    """Close one hold left HELD past the bound if its job calls for it; True if closed."""
+    job = rt.store.get(held.job_id) if held.job_id else None
+    verdict = policy.leftover_hold(job, held.reservation_id)
+    if verdict.close_attempt is not None and job is not None:
+        if job.attempts[verdict.close_attempt].cost_pending:
+            # Ended from outside while its task ran; the cancel message that has
+            # the backend stop the task and settle its charge was lost: ask again
+            # (idempotent there). The hold closes once the charge is known.
+            request_stop(rt, job)
+            telemetry.watchdog_redriven(held.job_id, "stop_task")
+            log(logger, logging.WARNING, "watchdog asked again to stop a task",
+                job_id=held.job_id, reservation_id=held.reservation_id, day=held.day)
+            return False
+        if not budget.close(rt, job, verdict.close_attempt):
+            return False
+    elif not (verdict.release and rt.ledger.release(held.day, held.reservation_id)):
+        return False
+    telemetry.watchdog_redriven(held.job_id, "close_hold")
+    log(logger, logging.WARNING, "watchdog closed a leftover budget hold",
+        job_id=held.job_id, reservation_id=held.reservation_id, day=held.day)
+    return True
