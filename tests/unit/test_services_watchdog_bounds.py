@@ -4,15 +4,19 @@ spent (the next run goes on). On in-memory fakes (tests/fakes.py)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from aiprod.adapters.ledger import ReservationState, Scope
-from aiprod.domain.job import Job
-from aiprod.services import watchdog
+from aiprod.domain import lifecycle
+from aiprod.domain.budget import to_micros
+from aiprod.domain.job import AttemptStatus, Job, JobStatus
+from aiprod.services import budget, watchdog
 from tests.fakes import Fakes
-from tests.service_helpers import DAY, admit
+from tests.service_helpers import DAY, admit, figures
 
 ROOM = Scope("global", 10**12)
 
@@ -85,3 +89,136 @@ def test_the_hold_scan_stops_when_the_runs_time_is_spent_and_the_next_run_goes_o
         watchdog.HOLD_PAGE
     assert watchdog.sweep(fx.rt) == {"holds_closed": watchdog.HOLD_PAGE}
     assert all(state(fx, rid) is ReservationState.RELEASED for rid in leftovers)
+
+
+# -- jobs it cannot move -------------------------------------------------------------------
+def redriven(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The watchdog_redriven points emitted, by action (what its alert counts)."""
+    fields = [getattr(r, "fields", {}) for r in caplog.records]
+    return [f["metric_labels"]["action"] for f in fields
+            if f.get("metric") == "watchdog_redriven"]
+
+
+def retire(fx: Fakes, backend: str) -> None:
+    """A redeploy with `backend` taken out of backends.yaml."""
+    fx.rt.catalog = fx.rt.catalog.model_copy(update={"backends": tuple(
+        b for b in fx.rt.catalog.backends if b.name != backend)})
+
+
+def test_a_queued_job_whose_backend_left_the_catalog_is_ended_and_its_money_released(
+        fx: Fakes, caplog: pytest.LogCaptureFixture) -> None:
+    """Its dispatch was lost; since then its first backend was removed from the
+    catalog. Re-driving it can only fail, on every run: it is ended FAILED, saying
+    why, and admission's hold goes back."""
+    job = admit(fx)
+    assert figures(fx).reserved_micros > 0
+    retire(fx, job.plan[0])
+    fx.bus.clear()
+    stale(fx)
+
+    with caplog.at_level(logging.INFO):
+        assert watchdog.sweep(fx.rt) == {"end": 1, "holds_closed": 0}
+    after = fx.store.get(job.id)
+    assert after is not None
+    assert after.status is JobStatus.FAILED
+    assert f"{job.plan[0]} is no longer in the catalog" in (after.status_reason or "")
+    assert figures(fx).reserved_micros == 0
+    assert fx.bus.event_types() == ["job.failed"]
+    assert redriven(caplog) == ["end"]
+    stale(fx)
+    assert watchdog.sweep(fx.rt) == {"holds_closed": 0}
+
+
+def test_a_render_whose_backend_left_the_catalog_is_ended_and_its_holds_released(
+        fx: Fakes) -> None:
+    """Its render died holding the attempt; its backend has been removed since: no
+    render function will ever take the attempt over."""
+    job = admit(fx)
+    claimed = fx.store.mutate(job.id, lambda j: lifecycle.claim_attempt(
+        j, job.plan[0], 0, "d1", fx.clock(), fx.rt.settings.attempt_lease, 0.32))
+    assert claimed is not None
+    budget.reserve(fx.rt, claimed[0], 0, 0.32)
+    retire(fx, job.plan[0])
+    fx.bus.clear()
+    stale(fx)
+
+    assert watchdog.sweep(fx.rt) == {"end": 1, "holds_closed": 0}
+    after = fx.store.get(job.id)
+    assert after is not None
+    assert after.status is JobStatus.FAILED
+    assert after.attempts[0].status is AttemptStatus.FAILED
+    assert after.attempts[0].error is not None
+    assert after.attempts[0].error.code == "backend_removed"
+    assert figures(fx).reserved_micros == 0
+    assert fx.ledger.held(DAY) == []
+
+
+def test_a_job_whose_re_drive_fails_is_counted_and_does_not_hold_up_the_others(
+        fx: Fakes, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oldest job's re-drive raises on every run (here its publish): the run goes
+    on to the others, and the failure is a watchdog_redriven point (action=error),
+    so the watchdog's alert fires even though nothing moved it."""
+    jobs = [admit(fx, f"job_{i}") for i in range(5)]
+    publish = fx.bus.publish
+
+    def failing(topic: str, payload: dict[str, Any],
+                attributes: dict[str, str] | None = None) -> str:
+        if (attributes or {}).get("job_id") == jobs[0].id:
+            raise RuntimeError("publish refused")
+        return publish(topic, payload, attributes)
+    monkeypatch.setattr(fx.bus, "publish", failing)
+    stale(fx)
+
+    with caplog.at_level(logging.INFO):
+        assert watchdog.sweep(fx.rt) == {"errors": 1, "dispatch": 4, "holds_closed": 0}
+    assert redriven(caplog).count("error") == 1
+    assert redriven(caplog).count("dispatch") == 4
+
+
+def test_a_task_on_a_backend_that_left_the_catalog_is_counted_at_its_estimate(
+        fx: Fakes, caplog: pytest.LogCaptureFixture) -> None:
+    """Its render died while the provider task ran; its backend has been removed
+    since, so no deployment is left to stop the task and read what it cost. The job
+    ends FAILED and its hold is settled at the estimate (never under-counted)."""
+    job = admit(fx)
+    claimed = fx.store.mutate(job.id, lambda j: lifecycle.claim_attempt(
+        j, job.plan[0], 0, "d1", fx.clock(), fx.rt.settings.attempt_lease, 0.32))
+    assert claimed is not None
+    budget.reserve(fx.rt, claimed[0], 0, 0.32)
+    fx.store.mutate(job.id, lambda j: lifecycle.record_task(j, 0, "task-1", fx.clock()))
+    retire(fx, job.plan[0])
+    stale(fx)
+
+    with caplog.at_level(logging.INFO):
+        assert watchdog.sweep(fx.rt) == {"end": 1, "holds_closed": 1}
+    after = fx.store.get(job.id)
+    assert after is not None
+    assert after.status is JobStatus.FAILED
+    assert not after.attempts[0].cost_pending
+    assert after.cost_usd == pytest.approx(after.attempts[0].estimated_cost_usd)
+    day = figures(fx)
+    assert day.reserved_micros == 0
+    assert day.spent_micros == to_micros(after.attempts[0].estimated_cost_usd)
+    assert redriven(caplog) == ["end", "close_hold"]
+    assert watchdog.sweep(fx.rt) == {"holds_closed": 0}
+
+
+def test_a_hold_that_cannot_be_closed_is_counted_and_does_not_hold_up_the_others(
+        fx: Fakes, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    leftovers = orphan_holds(fx, 5)
+    stale(fx)
+    get = fx.store.get
+
+    def failing(job_id: str) -> Job | None:
+        if job_id == f"gone-{leftovers[0]}":
+            raise RuntimeError("read failed")
+        return get(job_id)
+    monkeypatch.setattr(fx.store, "get", failing)
+
+    with caplog.at_level(logging.INFO):
+        assert watchdog.sweep(fx.rt) == {"holds_closed": 4}
+    assert redriven(caplog).count("error") == 1
+    assert state(fx, leftovers[0]) is ReservationState.HELD
+    assert all(state(fx, rid) is ReservationState.RELEASED for rid in leftovers[1:])

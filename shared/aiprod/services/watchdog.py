@@ -6,9 +6,12 @@ AIPROD_WATCHDOG_STALE_S (a cheap query: two statuses, oldest first, a page at a
 time) and re-drives each through the same idempotent paths the functions use:
 the render message of an attempt whose lease expired (the render's claim takes
 the attempt over), the dispatch of a job never claimed, the hand-off of a job
-whose attempt ended, and the end of a job with no backend left. Then it closes
-ledger holds left behind by attempts that ended. Every action is safe to race a
-late delivery: the claims and the ledger decide who acts, once.
+whose attempt ended, and the end of a job with no backend left (or whose next
+backend was removed from the catalog: re-driving it there could only fail, every
+run). Then it closes ledger holds left behind by attempts that ended. Every action
+is safe to race a late delivery: the claims and the ledger decide who acts, once.
+A job or hold it fails on is counted (watchdog_redriven, action=error) and skipped:
+the run goes on with the others.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def sweep(rt: Runtime) -> dict[str, int]:
             except Exception as error:  # one job's fault must not stop the others
                 logger.exception("watchdog could not re-drive a job", extra={"fields": {
                     "job_id": job.id, "error_type": type(error).__name__}})
+                telemetry.watchdog_redriven(job.id, "error")  # alerted on, like a re-drive
                 done["errors"] += 1
         if cursor is None or rt.monotonic() > stop_at:
             break
@@ -68,12 +72,13 @@ def redrive(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta) -> Act
         reuse.settle_follower(rt, job)
         return Action.NONE
     refusal = rt.settings.fallback_on_refusal
-    verdict = policy.decide(job, now, stale, refusal)
+    backends = rt.catalog.names
+    verdict = policy.decide(job, now, stale, refusal, backends)
     if verdict.action is Action.NONE:
         return Action.NONE
     if verdict.action is not Action.END:
         marked = rt.store.mutate(job.id, lambda j: policy.mark_redriven(
-            j, now, stale, verdict.action, refusal))
+            j, now, stale, verdict.action, refusal, backends))
         if marked is None or not marked[1]:
             return Action.NONE  # it moved meanwhile, or another run took it
         job = marked[0]
@@ -92,19 +97,20 @@ def redrive(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta) -> Act
         assert verdict.attempt is not None
         render.follow_up(rt, job, verdict.attempt)
     elif verdict.action is Action.END:
-        _end(rt, job, now, stale, verdict.reason)
+        _end(rt, job, now, stale)
     for index in policy.ended_attempts(job):
         budget.close(rt, job, index)
     telemetry.watchdog_redriven(job.id, verdict.action.value)
     return verdict.action
 
 
-def _end(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta, reason: str) -> None:
+def _end(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta) -> None:
     def end(fresh: Job) -> bool:
-        if policy.decide(fresh, now, stale, rt.settings.fallback_on_refusal).action \
-                is not Action.END:
+        verdict = policy.decide(fresh, now, stale, rt.settings.fallback_on_refusal,
+                                rt.catalog.names)
+        if verdict.action is not Action.END:
             return False  # it moved meanwhile
-        return lifecycle.fail_job(fresh, reason, now)
+        return lifecycle.fail_job(fresh, verdict.reason, now, verdict.code)
 
     done = rt.store.mutate(job.id, end)
     if done is None or not done[1]:
@@ -138,17 +144,38 @@ def close_leftover_holds(rt: Runtime, now: dt.datetime, stale: dt.timedelta,
                 return closed
             holds, cursor = rt.ledger.held_before(day, now - stale, HOLD_PAGE, cursor)
             pages += 1
-            closed += sum(_close_leftover(rt, held) for held in holds)
+            for held in holds:
+                try:
+                    closed += _close_leftover(rt, held, now)
+                except Exception as error:  # one hold's fault must not stop the others
+                    logger.exception("watchdog could not close a leftover hold", extra={
+                        "fields": {"job_id": held.job_id, "reservation_id": held.reservation_id,
+                                   "error_type": type(error).__name__}})
+                    telemetry.watchdog_redriven(held.job_id, "error")
             if cursor is None:
                 break
     return closed
 
 
-def _close_leftover(rt: Runtime, held: Held) -> bool:
+def _close_leftover(rt: Runtime, held: Held, now: dt.datetime) -> bool:
     """Close one hold left HELD past the bound if its job calls for it; True if closed."""
     job = rt.store.get(held.job_id) if held.job_id else None
     verdict = policy.leftover_hold(job, held.reservation_id)
     if verdict.close_attempt is not None and job is not None:
+        index = verdict.close_attempt
+        attempt = job.attempts[index]
+        if attempt.cost_pending and attempt.backend not in rt.catalog.names:
+            # Its backend was removed from the catalog: no deployment is left to stop
+            # the task and read its charge. Count the estimate (the conservative rule,
+            # as for a cancel Pub/Sub gave up on), then close the hold at it.
+            settled = rt.store.mutate(job.id, lambda j: lifecycle.settle_stopped_task(
+                j, index, j.attempts[index].estimated_cost_usd, now))
+            if settled is None:
+                return False
+            job = settled[0]
+            log(logger, logging.ERROR, "task of a backend no longer in the catalog: its "
+                "estimate counted as charged", job_id=job.id, backend=attempt.backend,
+                attempt=index, cost_usd=attempt.estimated_cost_usd)
         if job.attempts[verdict.close_attempt].cost_pending:
             # Ended from outside while its task ran; the cancel message that has
             # the backend stop the task and settle its charge was lost: ask again
