@@ -1,6 +1,7 @@
-"""The watchdog's query of old budget holds (FirestoreLedger.held_before) on the real
-Firestore emulator, beyond one page: only what is old enough, oldest first, and its
-cursor carries on where the last page stopped.
+"""The watchdog's two queries on the real Firestore emulator, beyond one page: the jobs
+that stopped moving (FirestoreJobStore.unmoved) and the old budget holds
+(FirestoreLedger.held_before). Each returns only what is old enough, oldest first,
+and its cursor carries on where the last page stopped, across ties.
 
 A Firestore emulator of its own (no functions, no watchdog timer): a running
 watchdog would act on these old jobs and holds while the test reads them.
@@ -18,6 +19,9 @@ import pytest
 from google.cloud import firestore
 
 from aiprod.adapters.ledger import DAYS, GLOBAL, RESERVATIONS, FirestoreLedger, Held, Scope
+from aiprod.adapters.store import FirestoreJobStore
+from aiprod.domain import watchdog as policy
+from aiprod.domain.job import Job, JobRequest, JobStatus
 from aiprod.services import watchdog
 from aiprod_dev.localstack.processes import ManagedProcess, free_port
 from aiprod_dev.localstack.stack import PROJECT
@@ -48,6 +52,43 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[firestore.Clien
         else:
             os.environ["FIRESTORE_EMULATOR_HOST"] = saved
         emulator.stop()
+
+
+def job(job_id: str, status: JobStatus, updated_at: dt.datetime) -> Job:
+    return Job(id=job_id, owner="test", request=JobRequest(prompt="a fox"),
+               plan=["replicate-seedance"], status=status, estimated_cost_usd=0.4,
+               created_at=updated_at, updated_at=updated_at)
+
+
+def test_unmoved_jobs_come_oldest_first_across_pages(client: firestore.Client) -> None:
+    """More stuck jobs than one page (watchdog.PAGE), two by two on the same instant
+    (the cursor must not skip or repeat a tie): every page in order, then the end.
+    Jobs that moved since the bound, and ended jobs, are not read at all."""
+    store = FirestoreJobStore(client)
+    now = dt.datetime.now(dt.UTC)
+    bound = now - dt.timedelta(minutes=10)
+    count = 2 * watchdog.PAGE + 31
+    stuck = {f"stuck_{i:04d}": bound - dt.timedelta(hours=1) + dt.timedelta(seconds=i // 2)
+             for i in range(count)}
+    statuses = policy.OPEN_STATUSES
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(store.create, [
+            *(job(i, statuses[n % 2], at) for n, (i, at) in enumerate(stuck.items())),
+            *(job(f"moving_{i:03d}", JobStatus.QUEUED, now) for i in range(20)),
+            *(job(f"ended_{i:03d}", JobStatus.SUCCEEDED, bound - dt.timedelta(hours=2))
+              for i in range(20))]))
+    assert all(created)
+
+    pages: list[list[str]] = []
+    cursor: object | None = None
+    while True:
+        jobs, cursor = store.unmoved(statuses, bound, watchdog.PAGE, cursor)
+        pages.append([j.id for j in jobs])
+        if cursor is None:
+            break
+
+    assert [len(p) for p in pages] == [watchdog.PAGE, watchdog.PAGE, 31]
+    assert [i for p in pages for i in p] == sorted(stuck, key=lambda i: (stuck[i], i))
 
 
 def test_old_holds_come_oldest_first_across_pages_and_fresh_or_closed_ones_never(

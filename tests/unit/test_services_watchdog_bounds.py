@@ -16,7 +16,7 @@ from aiprod.domain.budget import to_micros
 from aiprod.domain.job import AttemptStatus, Job, JobStatus
 from aiprod.services import budget, watchdog
 from tests.fakes import Fakes
-from tests.service_helpers import DAY, admit, figures
+from tests.service_helpers import DAY, admit, figures, renders_sent
 
 ROOM = Scope("global", 10**12)
 
@@ -48,6 +48,41 @@ def slow_reads(fx: Fakes, monkeypatch: pytest.MonkeyPatch, seconds: float) -> No
 
 def state(fx: Fakes, rid: str) -> ReservationState | None:
     return fx.ledger.state(DAY, rid)
+
+
+# -- stuck jobs ----------------------------------------------------------------------------
+def test_stuck_jobs_beyond_one_page_are_all_re_driven_in_one_run(fx: Fakes) -> None:
+    jobs = [admit(fx, f"job_{i:04d}") for i in range(2 * watchdog.PAGE + 17)]
+    fx.bus.clear()
+    stale(fx)
+
+    assert watchdog.sweep(fx.rt) == {"dispatch": len(jobs), "holds_closed": 0}
+    sent = [m["job_id"] for m in renders_sent(fx, jobs[0].plan[0])]
+    assert sorted(sent) == [j.id for j in jobs]  # each once
+
+
+def test_the_job_scan_stops_when_the_runs_time_is_spent_and_the_next_run_goes_on(
+        fx: Fakes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run starts no page once its interval is spent; the jobs it re-drove count as
+    moved, so the next run starts where this one stopped."""
+    jobs = [admit(fx, f"job_{i:04d}") for i in range(3 * watchdog.PAGE - 40)]
+    fx.bus.clear()
+    stale(fx)
+    # A page of re-drives takes 0.6 of the interval: the second page starts, no third.
+    mutate = fx.store.mutate
+
+    def slow(job_id: str, change: Callable[[Job], Any]) -> Any:
+        fx.clock.advance(0.6 * fx.rt.settings.watchdog_interval_s / watchdog.PAGE)
+        return mutate(job_id, change)
+    monkeypatch.setattr(fx.store, "mutate", slow)
+
+    assert watchdog.sweep(fx.rt) == {"dispatch": 2 * watchdog.PAGE, "holds_closed": 0}
+    sent = [m["job_id"] for m in renders_sent(fx, jobs[0].plan[0])]
+    assert sent == [j.id for j in jobs[:2 * watchdog.PAGE]]  # oldest first
+    assert watchdog.sweep(fx.rt) == {"dispatch": len(jobs) - 2 * watchdog.PAGE,
+                                     "holds_closed": 0}
+    sent = [m["job_id"] for m in renders_sent(fx, jobs[0].plan[0])]
+    assert sorted(sent) == [j.id for j in jobs]  # every one, once
 
 
 # -- leftover holds ------------------------------------------------------------------------
