@@ -257,3 +257,46 @@ def test_a_hold_that_cannot_be_closed_is_counted_and_does_not_hold_up_the_others
     assert redriven(caplog).count("error") == 1
     assert state(fx, leftovers[0]) is ReservationState.HELD
     assert all(state(fx, rid) is ReservationState.RELEASED for rid in leftovers[1:])
+
+
+# -- followers -----------------------------------------------------------------------------
+CACHED = {"reuse": "cached", "seed": 7}
+
+
+def join(fx: Fakes) -> tuple[Job, Job]:
+    """A job rendering, and an identical request that joined it (its follower)."""
+    leader = admit(fx, "job_1", **CACHED)
+    follower = admit(fx, "job_2", **CACHED)
+    assert follower.reused_from == leader.id
+    return leader, follower
+
+
+def test_a_follower_whose_leader_does_not_exist_is_ended_and_counted(
+        fx: Fakes, caplog: pytest.LogCaptureFixture) -> None:
+    """The job it joined was never stored (its admission died after taking the lead):
+    nothing would ever end the follower but the watchdog, which says so."""
+    leader, follower = join(fx)
+    del fx.store.docs[leader.id]
+    fx.bus.clear()
+    stale(fx)
+
+    with caplog.at_level(logging.INFO):
+        assert watchdog.sweep(fx.rt) == {"end_follower": 1, "holds_closed": 1}
+    after = fx.store.get(follower.id)
+    assert after is not None
+    assert after.status is JobStatus.FAILED
+    assert f"{leader.id} it joined does not exist" in (after.status_reason or "")
+    assert fx.bus.event_types() == ["job.failed"]
+    assert redriven(caplog) == ["end_follower", "close_hold"]  # and the leader's hold
+    assert figures(fx).reserved_micros == 0
+    assert watchdog.sweep(fx.rt) == {"holds_closed": 0}
+
+
+def test_a_follower_of_a_live_leader_is_left_alone_and_not_counted(fx: Fakes) -> None:
+    _, follower = join(fx)
+    stale(fx)
+
+    assert watchdog.sweep(fx.rt) == {"dispatch": 1, "holds_closed": 0}  # the leader's
+    after = fx.store.get(follower.id)
+    assert after is not None
+    assert after.status is JobStatus.QUEUED

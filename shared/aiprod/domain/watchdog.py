@@ -29,6 +29,8 @@ class Action(StrEnum):
     FOLLOW_UP = "follow_up"  # its last attempt ended but it was never handed on
     END = "end"              # no backend is left, or the one it needs left the catalog:
     #                          end it FAILED
+    END_FOLLOWER = "end_follower"  # joined an identical render whose end it missed (or
+    #                                whose job was never stored): ended with it
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,12 @@ def redrive(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta) -> Act
     """Act on one job the query found (its verdict is taken on the data just read;
     each action re-checks under the same claims a late delivery would meet)."""
     if job.reused_from is not None:  # it renders nothing: it ends with the job it joined
-        reuse.settle_follower(rt, job)
-        return Action.NONE
+        if not reuse.settle_follower(rt, job):
+            return Action.NONE  # its leader is still rendering (or it ended meanwhile)
+        log(logger, logging.WARNING, "watchdog ended a job with the identical job it joined",
+            job_id=job.id, reused_from=job.reused_from)
+        telemetry.watchdog_redriven(job.id, Action.END_FOLLOWER.value)
+        return Action.END_FOLLOWER
     refusal = rt.settings.fallback_on_refusal
     backends = rt.catalog.names
     verdict = policy.decide(job, now, stale, refusal, backends)
