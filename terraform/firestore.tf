@@ -73,6 +73,30 @@ resource "google_firestore_index" "jobs_unmoved" {
   }
 }
 
+# The watchdog's scan of leftover budget holds (shared/aiprod/adapters/ledger.py,
+# FirestoreLedger.held_before) reads budget_days/{day}/reservations with an
+# equality on state (HELD) and a range and order on created_at, a page at a time:
+# like the jobs query above, production Firestore serves it only from a composite
+# index. A collection-scope index names the collection ID, so this one serves
+# every day's `reservations`.
+resource "google_firestore_index" "reservations_held" {
+  database   = google_firestore_database.main.name
+  collection = "reservations"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "created_at"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "__name__"
+    order      = "ASCENDING"
+  }
+}
+
 # A caller's job listing (GET /v1/videos, shared/aiprod/adapters/store.py,
 # FirestoreJobStore.owned): an equality filter on owner ordered by created_at, newest
 # or oldest first. Like the watchdog's query, production Firestore serves it only

@@ -186,6 +186,7 @@ class FakeLedger:
         self.reservations: dict[tuple[str, str], _Reservation] = {}
         self.crossed: set[tuple[str, str]] = set()
         self.hours: dict[tuple[str, str], list[int]] = {}
+        self.holds_read = 0  # holds returned by queries: what a watchdog run reads
 
     def _add(self, day: str, scopes: Iterable[Scope], **increments: int) -> None:
         for scope in scopes:
@@ -252,9 +253,26 @@ class FakeLedger:
             return True
 
     def held(self, day: str) -> list[Held]:
-        return [Held(day, rid, r.labels.get("job_id", ""), r.created_at)
-                for (d, rid), r in self.reservations.items()
-                if d == day and r.state is ReservationState.HELD]
+        with self._lock:
+            found = [Held(day, rid, r.labels.get("job_id", ""), r.created_at)
+                     for (d, rid), r in self.reservations.items()
+                     if d == day and r.state is ReservationState.HELD]
+            self.holds_read += len(found)
+            return found
+
+    def held_before(self, day: str, before: dt.datetime, limit: int,
+                    cursor: object | None = None) -> tuple[list[Held], object | None]:
+        with self._lock:
+            holds = sorted((Held(day, rid, r.labels.get("job_id", ""), r.created_at)
+                            for (d, rid), r in self.reservations.items()
+                            if d == day and r.state is ReservationState.HELD),
+                           key=lambda h: (h.created_at, h.reservation_id))
+            wanted = [h for h in holds if h.created_at < before
+                      and (cursor is None or (h.created_at, h.reservation_id) > cursor)]
+            page = wanted[:limit]
+            self.holds_read += len(page)
+        last = (page[-1].created_at, page[-1].reservation_id) if len(page) == limit else None
+        return page, last
 
     def hourly_spent(self, day: str, scope: str) -> list[int]:
         return list(self.hours.get((day, scope), [0] * 24))

@@ -898,6 +898,23 @@ def test_the_watchdogs_query_has_its_composite_index(deployment: Deployment) -> 
     assert deployment.resolve(index.get("database")).type == "google_firestore_database"
 
 
+def test_the_watchdogs_hold_scan_has_its_composite_index(deployment: Deployment) -> None:
+    """The watchdog pages through old budget holds: state == HELD with a range and
+    order on created_at, which production Firestore serves only from a composite
+    index (https://cloud.google.com/firestore/docs/query-data/index-overview) and the
+    emulator runs without one. The index names the subcollection's ID, so it serves
+    budget_days/{day}/reservations of every day."""
+    from aiprod.adapters.ledger import HELD_QUERY_FIELDS, RESERVATIONS
+
+    (index,) = deployment.instances("google_firestore_index", "reservations_held").values()
+    assert index.get("collection") == RESERVATIONS
+    assert index.get("query_scope") in (None, "COLLECTION")
+    fields = [(f.get("field_path"), f.get("order")) for f in index.blocks("fields")]
+    assert fields == [*((name, "ASCENDING") for name in HELD_QUERY_FIELDS),
+                      ("__name__", "ASCENDING")]
+    assert deployment.resolve(index.get("database")).type == "google_firestore_database"
+
+
 def test_the_callers_job_listing_has_its_composite_indexes(deployment: Deployment) -> None:
     """GET /v1/videos lists a caller's jobs: owner == X ordered by created_at, newest
     or oldest first. Production Firestore needs a composite index for each direction

@@ -92,6 +92,24 @@ def test_an_attempt_whose_failure_does_not_fall_back_ends_the_job() -> None:
     assert policy.decide(job, LATER, STALE, fallback_on_refusal=True).action is Action.END
 
 
+def test_a_re_drive_to_a_backend_no_longer_in_the_catalog_ends_the_job_instead() -> None:
+    """Removed from backends.yaml since the job was planned: no render function would
+    ever take the job, and the re-drive could only fail on every run."""
+    queued = make_job(["a", "b"])
+    assert policy.decide(queued, LATER, STALE, backends=["a", "b"]).action is Action.DISPATCH
+    verdict = policy.decide(queued, LATER, STALE, backends=["b"])
+    assert (verdict.action, verdict.code) == (Action.END, "backend_removed")
+    assert "backend a is no longer in the catalog" in verdict.reason
+    assert policy.decide(running(make_job(["a"])), LATER, STALE,
+                         backends=["b"]).action is Action.END
+    handed_on = running(make_job(["a", "b"]))
+    lifecycle.fail_attempt(handed_on, 0, error(), T0)
+    assert policy.decide(handed_on, LATER, STALE, backends=["a"]).action is Action.END
+    assert not policy.mark_redriven(queued, LATER, STALE, Action.DISPATCH, backends=["b"])
+    # Nothing to re-drive, nothing to decide about the catalog.
+    assert policy.decide(queued, T0, STALE, backends=[]).action is Action.NONE
+
+
 def test_a_resume_that_races_the_late_original_delivery_renders_once() -> None:
     """The watchdog republished attempt 0 (its holder's message was lost); the lost
     message then arrives after all. Whichever comes first takes the lease; the

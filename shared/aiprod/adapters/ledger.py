@@ -45,6 +45,10 @@ SPEND_HOURS = "spend_hours"  # budget_days/{day}/spend_hours/{scope}: spent per 
 GLOBAL = "global"
 RESERVATION_TTL = dt.timedelta(days=8)
 COUNTERS = ("granted", "held", "refunded", "returned", "spent")
+# The watchdog's query of old holds (FirestoreLedger.held_before): an equality on
+# state with a range and order on created_at, which production Firestore serves only
+# from the composite index of terraform/firestore.tf (tests/infra pins the two).
+HELD_QUERY_FIELDS = ("state", "created_at")
 
 
 def _hour_of(day: str, at: dt.datetime) -> int:
@@ -95,6 +99,13 @@ class Ledger(Protocol):
     def first_crossing(self, day: str, threshold: str) -> bool: ...
 
     def held(self, day: str) -> list[Held]: ...
+
+    def held_before(self, day: str, before: dt.datetime, limit: int,
+                    cursor: object | None = None) -> tuple[list[Held], object | None]:
+        """The day's holds still HELD that were taken before `before`, oldest first,
+        `limit` at a time; pass the returned cursor back for the next page (None: no
+        more)."""
+        ...
 
     def hourly_spent(self, day: str, scope: str) -> list[int]: ...
 
@@ -289,12 +300,30 @@ class FirestoreLedger:
         return True
 
     def held(self, day: str) -> list[Held]:
-        """The day's reservations still HELD (one per render in flight, so few): a
-        single-field equality query, served by Firestore's automatic index."""
+        """Every reservation of the day still HELD, in one read: one per render in
+        flight and one per queued job (admission's hold), so thousands under a
+        backlog. For tests and inspection; the watchdog pages with `held_before`."""
         query = (self._client.collection(DAYS).document(day).collection(RESERVATIONS)
                  .where(filter=FieldFilter("state", "==", ReservationState.HELD.value)))
         return [Held(day, s.id, str(data.get("job_id", "")), data["created_at"])
                 for s in query.stream() if (data := s.to_dict() or {})]
+
+    def held_before(self, day: str, before: dt.datetime, limit: int,
+                    cursor: object | None = None) -> tuple[list[Held], object | None]:
+        # An equality on state with a range and order on created_at: production
+        # Firestore serves it only from the composite index (state, created_at) in
+        # terraform/firestore.tf; the emulator needs none (tests/infra pins it).
+        state, created = HELD_QUERY_FIELDS
+        query = (self._client.collection(DAYS).document(day).collection(RESERVATIONS)
+                 .where(filter=FieldFilter(state, "==", ReservationState.HELD.value))
+                 .where(filter=FieldFilter(created, "<", before))
+                 .order_by(created).limit(limit))
+        if isinstance(cursor, firestore.DocumentSnapshot):
+            query = query.start_after(cursor)
+        snapshots = list(query.stream())
+        holds = [Held(day, s.id, str(data.get("job_id", "")), data[created])
+                 for s in snapshots if (data := s.to_dict() or {})]
+        return holds, (snapshots[-1] if len(snapshots) == limit else None)
 
     def hourly_spent(self, day: str, scope: str) -> list[int]:
         """What settled in each UTC hour of `day` against `scope` (24 figures, micros)."""

@@ -264,14 +264,15 @@ def cancel(job: Job, reason: str, now: dt.datetime) -> Cancellation:
     return Cancellation(True, open_attempt)
 
 
-def fail_job(job: Job, reason: str, now: dt.datetime) -> bool:
-    """End a job that cannot go on (dead-lettered, for instance)."""
+def fail_job(job: Job, reason: str, now: dt.datetime, code: str = "dead_lettered") -> bool:
+    """End a job that cannot go on (dead-lettered, for instance); `code` is the error
+    of an attempt it ends."""
     if job.status.terminal:
         return False
     for attempt in job.attempts:
         if not attempt.status.terminal:
             _end_open_attempt(attempt, AttemptStatus.FAILED, now, AttemptError(
-                error_class=ErrorClass.UNKNOWN, code="dead_lettered", message=reason))
+                error_class=ErrorClass.UNKNOWN, code=code, message=reason))
     _total_cost(job)
     job.status = JobStatus.FAILED
     job.status_reason = reason

@@ -11,6 +11,7 @@ deliveries claims, the other stands back.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -26,7 +27,10 @@ class Action(StrEnum):
     RESUME = "resume"        # republish the open attempt's render message (lease expired)
     DISPATCH = "dispatch"    # QUEUED with no attempt: send it to its first backend again
     FOLLOW_UP = "follow_up"  # its last attempt ended but it was never handed on
-    END = "end"              # its last attempt ended and no backend is left: end it FAILED
+    END = "end"              # no backend is left, or the one it needs left the catalog:
+    #                          end it FAILED
+    END_FOLLOWER = "end_follower"  # joined an identical render whose end it missed (or
+    #                                whose job was never stored): ended with it
 
 
 @dataclass(frozen=True)
@@ -36,17 +40,35 @@ class Verdict:
     attempt: int | None = None   # the render message's attempt index (RESUME, DISPATCH,
     #                              FOLLOW_UP: the attempt that ended)
     reason: str = ""
+    code: str = "no_backend_left"  # END: the error code of an attempt it ends
 
 
 def decide(job: Job, now: dt.datetime, stale: dt.timedelta,
-           fallback_on_refusal: bool = False) -> Verdict:
+           fallback_on_refusal: bool = False,
+           backends: Collection[str] | None = None) -> Verdict:
     """What to do with `job`, read fresh, at `now`.
 
     A job is left alone while it moved within `stale`. An open attempt is left
     alone while its lease lives, however long ago the job moved: a live render
     polling a long task changes nothing in the job but holds an unexpired lease
     (it hands off to a continuation, which renews it, before the lease runs out).
+
+    A re-drive to a backend not in `backends` (the catalog: removed from
+    backends.yaml since the job was planned) could only fail, on every run, and
+    no render function would ever take the job: it is ended instead, saying why.
     """
+    verdict = _decide(job, now, stale, fallback_on_refusal)
+    if backends is not None and verdict.backend is not None \
+            and verdict.backend not in backends:
+        return Verdict(Action.END, attempt=verdict.attempt, code="backend_removed",
+                       reason=f"backend {verdict.backend} is no longer in the catalog; "
+                              f"the watchdog could not {verdict.action.value} the job "
+                              "there")
+    return verdict
+
+
+def _decide(job: Job, now: dt.datetime, stale: dt.timedelta,
+            fallback_on_refusal: bool) -> Verdict:
     if job.status.terminal:
         return Verdict(Action.NONE, reason="terminal")
     if now - job.updated_at < stale:
@@ -74,13 +96,14 @@ def decide(job: Job, now: dt.datetime, stale: dt.timedelta,
 
 
 def mark_redriven(job: Job, now: dt.datetime, stale: dt.timedelta, action: Action,
-                  fallback_on_refusal: bool = False) -> bool:
+                  fallback_on_refusal: bool = False,
+                  backends: Collection[str] | None = None) -> bool:
     """Record a re-drive in the job, if the job still calls for it (read fresh, in a
     transaction): the job was handed to a render again, so it counts as a move.
     A job whose re-drive is not delivered either (a backlog, a stalled subscription)
     is re-driven again only after another `stale`, not on every run, and two
     watchdog runs never re-drive the same job twice."""
-    if decide(job, now, stale, fallback_on_refusal).action is not action:
+    if decide(job, now, stale, fallback_on_refusal, backends).action is not action:
         return False
     job.updated_at = now
     return True
