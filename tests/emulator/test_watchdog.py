@@ -263,7 +263,10 @@ def test_a_job_whose_dispatch_was_lost_is_dispatched_and_a_late_copy_renders_not
     job = store_job(stack, JobStatus.QUEUED, age_s=STALE_S * 2, prompt=prompt)
 
     claimed = stack.wait(job.id, timeout=BOUND_S, until=lambda j: bool(j["attempts"]))
-    # The lost dispatch arrives after all, while the re-driven one renders.
+    # The lost dispatch arrives after all, while the re-driven one renders. (This push
+    # was once reset by the peer: the burst's killed gunicorn masters left workers that
+    # held the port, queued new connections and reset them on exit; the stack now
+    # kills a dead function's whole process group before restarting it.)
     late = stack.push("render-replicate-seedance", "render-replicate-seedance",
                       {"job_id": job.id, "backend": "replicate-seedance", "attempt": 0})
     done = stack.wait(job.id, timeout=60)
