@@ -184,11 +184,13 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def running_stack(state_dir: Path, **settings: str) -> Iterator[LocalStack]:
-    """A whole local stack on free ports; `settings` are AIPROD_* variables for it."""
+def running_stack(state_dir: Path, max_delivery_attempts: int | None = MAX_DELIVERY_ATTEMPTS,
+                  **settings: str) -> Iterator[LocalStack]:
+    """A whole local stack on free ports; `settings` are AIPROD_* variables for it
+    (`max_delivery_attempts` None: functions.yaml's, production's)."""
     with control.environment(settings):
         state = control.up(state_dir, port_base=0, sim_latency_s=0.3,
-                           max_delivery_attempts=MAX_DELIVERY_ATTEMPTS)
+                           max_delivery_attempts=max_delivery_attempts)
     try:
         started = LocalStack(state)
         started.api_key = started.new_key("tests", rate_limit_rpm=1_000_000)

@@ -92,15 +92,31 @@ def dev() -> None:
 @click.option("--render-capacity", type=click.IntRange(min=1), default=None,
               help="Requests each render function serves at once in all (default: what the "
                    "deployment gives it, functions.yaml); beyond, 429 and Pub/Sub retries.")
-def dev_up(port_base: int, sim_latency: float, render_capacity: int | None) -> None:
+@click.option("--lose-messages", type=click.FloatRange(0, 1), default=None, metavar="FRACTION",
+              help="A fault for trying the watchdog: lose this fraction of render messages "
+                   "(acknowledged, never pushed); see docs/local-stack.md.")
+def dev_up(port_base: int, sim_latency: float, render_capacity: int | None,
+           lose_messages: float | None) -> None:
     """Start everything; return once every part answers."""
     with console.status("starting emulators, simulators and functions..."):
         try:
             state = control.up(state_dir(), port_base, sim_latency,
-                               render_capacity=render_capacity)
+                               render_capacity=render_capacity, lose_messages=lose_messages)
         except RuntimeError as error:
             raise click.ClickException(str(error)) from error
     _print_status(state)
+
+
+@dev.command("lose-messages")
+@click.argument("fraction", type=click.FloatRange(0, 1))
+def dev_lose_messages(fraction: float) -> None:
+    """Lose FRACTION of the render messages from now on (0: none), as `dev up --lose-messages`."""
+    try:
+        control.lose_messages(fraction, state_dir())
+    except (RuntimeError, TimeoutError) as error:
+        raise click.ClickException(str(error)) from error
+    console.print(f"render subscriptions now lose {fraction:g} of their messages "
+                  "(logged in the supervisor's log)")
 
 
 @dev.command("down")

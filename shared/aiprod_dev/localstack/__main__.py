@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from aiprod_dev.localstack.stack import DEFAULT_PORT_BASE, StackOptions, run_supervisor
@@ -16,10 +17,14 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=0.25)
     parser.add_argument("--render-capacity", type=int, default=None)
     parser.add_argument("--max-delivery-attempts", type=int, default=None)
+    # Dev-only fault (delivery.py, MessageLoss); AIPROD_DEV_* never reach the functions.
+    parser.add_argument("--lose-messages", type=float,
+                        default=float(os.environ.get("AIPROD_DEV_LOSE_MESSAGES") or 0))
     args = parser.parse_args()
     run_supervisor(StackOptions(args.state_dir, args.port_base, args.sim_latency,
                                 args.poll_interval, args.render_capacity,
-                                args.max_delivery_attempts))
+                                args.max_delivery_attempts,
+                                lose_messages=args.lose_messages))
 
 
 if __name__ == "__main__":

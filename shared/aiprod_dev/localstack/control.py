@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiprod_dev.localstack.processes import wait_until
-from aiprod_dev.localstack.stack import DEFAULT_PORT_BASE, STATE_FILE
+from aiprod_dev.localstack.stack import DEFAULT_PORT_BASE, FAULTS_FILE, STATE_FILE
 
 DEFAULT_STATE_DIR = Path(".aiprod/dev")
 
@@ -63,12 +63,15 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any] | None:
 
 def up(state_dir: Path = DEFAULT_STATE_DIR, port_base: int = DEFAULT_PORT_BASE,
        sim_latency_s: float = 1.0, timeout: float = 120.0, render_capacity: int | None = None,
-       max_delivery_attempts: int | None = None) -> dict[str, Any]:
+       max_delivery_attempts: int | None = None,
+       lose_messages: float | None = None) -> dict[str, Any]:
     """Start the stack unless it runs already; return once everything answers.
 
     `render_capacity` caps each render function at that many requests at once (429
     beyond, as production when every instance is busy); `max_delivery_attempts`
-    replaces functions.yaml's before Pub/Sub dead-letters (5..100)."""
+    replaces functions.yaml's before Pub/Sub dead-letters (5..100); `lose_messages`
+    loses that fraction of render messages (a dev-only fault, delivery.py; None:
+    AIPROD_DEV_LOSE_MESSAGES, or none lost)."""
     running = status(state_dir)
     if running is not None and running.get("ready"):
         return running
@@ -80,7 +83,8 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, port_base: int = DEFAULT_PORT_BASE,
          "--port-base", str(port_base), "--sim-latency", str(sim_latency_s),
          *(["--render-capacity", str(render_capacity)] if render_capacity is not None else []),
          *(["--max-delivery-attempts", str(max_delivery_attempts)]
-           if max_delivery_attempts is not None else [])],
+           if max_delivery_attempts is not None else []),
+         *(["--lose-messages", str(lose_messages)] if lose_messages is not None else [])],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True)
     log.close()
@@ -104,6 +108,26 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, port_base: int = DEFAULT_PORT_BASE,
     state = status(state_dir)
     assert state is not None
     return state
+
+
+def lose_messages(fraction: float, state_dir: Path = DEFAULT_STATE_DIR,
+                  timeout: float = 10.0) -> None:
+    """Change the fraction of render messages the running stack loses (a dev-only
+    fault); returns once the supervisor has applied it."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"a fraction of messages to lose is 0..1, not {fraction}")
+    if status(state_dir) is None:
+        raise RuntimeError("no local stack is running (start it with `aiprod dev up`)")
+    path = state_dir / FAULTS_FILE
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"lose_messages": fraction}))
+    partial.replace(path)
+
+    def applied() -> bool:
+        state = status(state_dir)
+        return state is not None and state.get("lose_messages") == fraction
+
+    wait_until(applied, timeout, "the supervisor applying the fault")
 
 
 def down(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 30.0) -> bool:

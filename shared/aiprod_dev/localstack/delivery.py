@@ -17,13 +17,21 @@ the subscription's minimum and maximum backoff (functions.yaml, scaled by
 `time_scale`: production's minutes are the simulators' seconds), and the
 emulator counts each failed delivery towards max_delivery_attempts and
 dead-letters the message after the last, with production's attributes.
+
+A development-only fault, `aiprod dev up --lose-messages FRACTION` (MessageLoss),
+makes the relays of the render subscriptions acknowledge that fraction of the
+messages they receive for the first time without pushing them: the message is
+lost as if its publish had died with its process or its push subscription had
+stopped delivering it, and only the watchdog can move its job again.
 """
 
 from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import logging
+import math
 import threading
 from typing import Any
 
@@ -47,11 +55,46 @@ def backoff_s(delivery: Delivery, attempt: int, time_scale: float) -> float:
     return float(wait * time_scale)
 
 
+class MessageLoss:
+    """Dev-only fault: lose `fraction` of the messages a relay receives for the first
+    time (a redelivery, after a failed push, is never lost: the fault stands for a
+    message nobody ever saw, not for a render that died holding its attempt).
+
+    Deterministic in count: of the first n messages, exactly floor(n x fraction) are
+    lost (with 0.3: the 4th, 7th, 10th, ...), whatever the timing; which jobs they
+    belong to depends on the order messages arrive in."""
+
+    def __init__(self, fraction: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self.fraction = 0.0
+        self._received = self._lost = 0
+        self.set(fraction)
+
+    def set(self, fraction: float) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"a fraction of messages to lose is 0..1, not {fraction}")
+        with self._lock:
+            self.fraction = fraction
+            self._received = self._lost = 0
+
+    def lose(self) -> bool:
+        """Whether the next first delivery is lost."""
+        with self._lock:
+            if self.fraction <= 0.0:
+                return False
+            self._received += 1
+            if math.floor(self._received * self.fraction + 1e-9) > self._lost:
+                self._lost += 1
+                return True
+            return False
+
+
 class PushRelay:
     """Pushes one pull subscription's messages to a function's endpoint."""
 
     def __init__(self, subscriber: SubscriberClient, subscription: str, endpoint: str,
-                 ack_deadline_s: int, delivery: Delivery, time_scale: float) -> None:
+                 ack_deadline_s: int, delivery: Delivery, time_scale: float,
+                 loss: MessageLoss | None = None) -> None:
         self.subscription = subscription
         self.endpoint = endpoint
         self.ack_deadline_s = ack_deadline_s
@@ -64,6 +107,9 @@ class PushRelay:
                                                            thread_name_prefix="push")
         self._future: Any = None
         self._stopping = threading.Event()
+        self.loss = loss  # None: this subscription never loses a message
+        self._seen: set[str] = set()  # message ids received before (redeliveries)
+        self._seen_lock = threading.Lock()
 
     def start(self) -> None:
         self._future = self._subscriber.subscribe(
@@ -84,7 +130,31 @@ class PushRelay:
         if self._stopping.is_set():
             message.nack()
             return
+        with self._seen_lock:
+            again = message.message_id in self._seen
+            self._seen.add(message.message_id)
+        if again:
+            self._log(logging.INFO, "redelivered", message,
+                      delivery_attempt=message.delivery_attempt)
+        elif self.loss is not None and self.loss.lose():
+            message.ack()  # gone: never pushed, never redelivered
+            self._log(logging.WARNING, "message_lost", message, fraction=self.loss.fraction)
+            return
         self._pool.submit(self._push, message)
+
+    def _log(self, level: int, event: str, message: Message, **fields: Any) -> None:
+        """One JSON line in the supervisor's log (tests count the faults by them)."""
+        try:
+            body = json.loads(message.data)
+        except ValueError:
+            body = {}
+        job_id = message.attributes.get("job_id") or (
+            body.get("job_id") if isinstance(body, dict) else None)
+        attempt = body.get("attempt") if isinstance(body, dict) else None
+        logger.log(level, json.dumps({
+            "event": event, "message_id": message.message_id,
+            "subscription": self.subscription, "job_id": job_id, "attempt": attempt,
+            **{k: v for k, v in message.attributes.items() if k != "job_id"}, **fields}))
 
     def _push(self, message: Message) -> None:
         publish_time = message.publish_time.isoformat().replace("+00:00", "Z")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -73,6 +74,13 @@ class ManagedProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def kill_group(self) -> None:
+        """SIGKILL whatever is left of the process group (a dead server's children)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def wait_ready(self, timeout: float) -> None:
         wait_until(lambda: http_ok(self.ready_url, any_status=self.answers_any_status), timeout,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -20,13 +21,15 @@ import httpx
 from aiprod import REPO_ROOT
 from aiprod.domain.catalog import Catalog
 from aiprod.wiring.config import Settings, load_catalog
-from aiprod_dev.localstack.delivery import PushRelay
+from aiprod_dev.localstack.delivery import MessageLoss, PushRelay
 from aiprod_dev.localstack.processes import ManagedProcess, free_port
 from aiprod_dev.topology import Function, topology
 
+logger = logging.getLogger(__name__)
 PROJECT = "aiprod-local"
 FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
 STATE_FILE = "state.json"
+FAULTS_FILE = "faults.json"  # `aiprod dev lose-messages` writes it; the supervisor applies it
 # Secrets the stack makes for itself, in its state folder (mode 0600), never logged:
 API_KEY_FILE = "api-key"                     # a dev API key for the CLI and the demo
 WEBHOOK_KEY_FILE = "webhook-signing-key"     # the whsec_ key webhooks are signed with
@@ -97,6 +100,8 @@ class StackOptions:
     # Production's retry backoff (functions.yaml) times this: the simulators render in
     # seconds what providers render in minutes.
     delivery_time_scale: float = 1 / 60
+    # Dev-only fault: the fraction of render messages lost (delivery.py, MessageLoss).
+    lose_messages: float = 0.0
 
 
 class Ports:
@@ -210,6 +215,8 @@ class Stack:
                     name: credentials[name]
                     for name in credentials_for(function, self.catalog)})
         self.relays: list[PushRelay] = []
+        self.losses: list[MessageLoss] = []  # one per render subscription
+        self._faults_seen: float | None = None  # the faults file's mtime last applied
         self._stopping = threading.Event()
 
     def _capacity(self, function: Function) -> int:
@@ -223,6 +230,7 @@ class Stack:
     def start(self) -> None:
         check_tooling()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / FAULTS_FILE).unlink(missing_ok=True)  # a previous run's
         for part in [*self.emulators, *self.simulators.values(), *self.functions.values()]:
             part.start()
         for emulator in self.emulators:
@@ -261,10 +269,15 @@ class Stack:
                     "dead_letter_topic": publisher.topic_path(PROJECT, sub.dead_letter_topic),
                     "max_delivery_attempts": self.options.max_delivery_attempts or attempts}
             subscriber.create_subscription(request=request)
+            # Only render messages are ever lost (the fault the watchdog answers for).
+            loss = None
+            if sub.function.startswith("render-"):
+                loss = MessageLoss(self.options.lose_messages)
+                self.losses.append(loss)
             # The path carries the topic, so the CloudEvent `source` names it.
             self.relays.append(PushRelay(
                 subscriber, request["name"], f"{function.url}/{topic_path}", ack_deadline,
-                sub.delivery, self.options.delivery_time_scale))
+                sub.delivery, self.options.delivery_time_scale, loss))
 
     def _write_secrets(self) -> None:
         """A dev API key (created in the emulator) and the webhook signing key, each in
@@ -290,9 +303,36 @@ class Stack:
         while not self._stopping.wait(0.5):
             for function in self.functions.values():
                 if not function.alive() and not self._stopping.is_set():
+                    # The whole instance is gone, as on the platform: gunicorn's worker
+                    # would outlive its killed master, holding the port and finishing
+                    # its requests.
+                    function.kill_group()
                     function.restarts += 1
                     function.start()
                     self.write_state(ready=True)
+            self._apply_faults()
+
+    def set_message_loss(self, fraction: float) -> None:
+        for loss in self.losses:
+            loss.set(fraction)
+        logger.warning(json.dumps({"event": "message_loss_set", "fraction": fraction}))
+
+    def _apply_faults(self) -> None:
+        """Apply the faults file when it changed (`aiprod dev lose-messages`)."""
+        path = self.state_dir / FAULTS_FILE
+        try:
+            mtime = path.stat().st_mtime
+            if mtime == self._faults_seen:
+                return
+            self._faults_seen = mtime
+            fraction = float(json.loads(path.read_text())["lose_messages"])
+            self.set_message_loss(fraction)
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError) as error:
+            logger.error("ignored %s: %s", path, error)
+            return
+        self.write_state(ready=True)
 
     def _watchdog_timer(self) -> None:
         """POST to the watchdog function on its interval, as Cloud Scheduler does (a
@@ -334,6 +374,7 @@ class Stack:
             "webhook_signing_key_file": str(self.state_dir / WEBHOOK_KEY_FILE),
             "env": self.env,
             "capacity": self.capacity,
+            "lose_messages": self.losses[0].fraction if self.losses else 0.0,
             "parts": [{"name": p.name, "kind": p.kind, "url": p.url, "pid": p.pid,
                        "alive": p.alive(), "restarts": p.restarts, "log": str(p.log_path)}
                       for p in self.parts()],
@@ -354,6 +395,10 @@ def _without_secrets(env: dict[str, str]) -> dict[str, str]:
 
 
 def run_supervisor(options: StackOptions) -> None:
+    # The supervisor's own log (supervisor.log): the relays' faults and redeliveries.
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiprod_dev").setLevel(logging.INFO)
     stack = Stack(options)
 
     def on_signal(signum: int, _: object) -> None:
