@@ -10,7 +10,7 @@ this one, and reports that process's peak resident memory (its high-water mark,
 ru_maxrss) against the same process at rest after one small request:
 
 - small: one small request (the baseline);
-- one upload: one 20 MiB upload;
+- one upload: one 20 MiB upload (each with an Idempotency-Key, as clients should);
 - burst: `concurrency` 20 MiB uploads at once, with AIPROD_UPLOADS_AT_ONCE at its
   default (the bound) and with it lifted to the concurrency (no bound); and the
   bound without aiprod.http.entrypoints.return_large_buffers (glibc's own malloc
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,10 @@ def _scenario(bodies: list[bytes], uploads_at_once: int, tuned: bool = True) -> 
         rest = httpx.get(f"{url}/__bench/memory").json()
         started = time.perf_counter()
 
-        def send(body: bytes) -> int:
-            return httpx.post(f"{url}/v1/jobs", content=body, headers=auth,
-                              timeout=300).status_code
+        def send(body: bytes) -> int:  # with an Idempotency-Key, as clients should
+            return httpx.post(f"{url}/v1/jobs", content=body, timeout=300,
+                              headers=auth | {"Idempotency-Key": uuid.uuid4().hex}
+                              ).status_code
 
         with concurrent.futures.ThreadPoolExecutor(max(1, len(bodies))) as pool:
             statuses = list(pool.map(send, bodies))
@@ -165,7 +167,8 @@ def _python_peak_one_upload(body: bytes) -> float:
     def call(data: bytes) -> int:
         environ = EnvironBuilder(method="POST", path="/v1/jobs", data=data,
                                  content_type="application/json",
-                                 headers={"Authorization": f"Bearer {key}"}).get_environ()
+                                 headers={"Authorization": f"Bearer {key}",
+                                          "Idempotency-Key": uuid.uuid4().hex}).get_environ()
         return api.handle(fx.rt, Request(environ)).status_code
 
     call(b'{"prompt": "warm up"}')

@@ -166,3 +166,23 @@ def test_the_default_bound_fits_the_api_instance_functions_yaml_gives() -> None:
     at_once = Settings.model_fields["uploads_at_once"].default
     assert at_once < kinds["api"]["concurrency"]  # else the bound would bound nothing
     assert MEASURED_REST_MIB + at_once * MEASURED_PER_UPLOAD_MIB <= 0.75 * int(memory[:-2])
+
+
+def test_an_uploads_idempotency_fingerprint_is_the_canonical_jsons_digest() -> None:
+    """Hashed in place, the fingerprint of an upload is still the SHA-256 of the
+    request's canonical JSON (what records stored before were made with)."""
+    import hashlib
+
+    from aiprod.domain.job import JobRequest
+    from aiprod.services.access import fingerprint
+
+    big = png(700, 700, noise=True)  # over a MiB of base64: hashed a slice at a time
+    for image in (big, IMAGE):
+        request = JobRequest(prompt="fox", image_url=images.as_data_uri(image, "image/png"),
+                             metadata={"k": "v"})
+        canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True,
+                               separators=(",", ":"))
+        assert fingerprint(request) == hashlib.sha256(canonical.encode()).hexdigest()
+    other = JobRequest(prompt="fox", image_url=images.as_data_uri(big[:-1] + b"!", "image/png"))
+    same = JobRequest(prompt="fox", image_url=images.as_data_uri(big, "image/png"))
+    assert fingerprint(other) != fingerprint(same)

@@ -45,7 +45,7 @@ def return_large_buffers() -> bool:
     unmapped on free, but raises the threshold (up to 32 MiB) each time such a block
     is freed; later ones then come from each thread's arena, which keeps them. With
     8 request threads an api process kept 8 uploads' peak although 3 at most were
-    live (bench/uploads.py: 435 MiB over its resting size, against 149 MiB with the
+    live (bench/uploads.py: 437 MiB over its resting size, against 143 MiB with the
     threshold fixed). Setting the threshold disables the adjustment:
     https://man7.org/linux/man-pages/man3/mallopt.3.html . False where the C library
     is not glibc."""

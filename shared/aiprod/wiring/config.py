@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     # Uploads: requests with a body over 64 KiB (an image as a data: URI) an API process
     # parses, decodes and stages at once, whatever its concurrency; one more waits up
     # to upload_wait_s for its turn, then gets 503 uploads-busy with Retry-After. Each
-    # 20 MiB upload peaks at about 60 MiB (bench/uploads.py): 3 fit a 512Mi api instance
+    # 20 MiB upload peaks at about 54 MiB (bench/uploads.py): 3 fit a 512Mi api instance
     # (functions.yaml) beside its ~120 MiB at rest and the small requests it serves.
     uploads_at_once: int = Field(default=3, ge=1)
     upload_wait_s: float = Field(default=10.0, ge=0)
