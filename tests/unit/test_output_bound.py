@@ -179,3 +179,25 @@ def test_the_outputs_held_at_once_fit_the_render_instance() -> None:
     held = (defaults["output_checks_at_once"].default
             * defaults["output_max_bytes"].default)
     assert MEASURED_RENDER_PEAK_MIB * 2**20 + held <= int(memory[:-2]) * 2**30
+
+
+def test_an_output_waiting_its_turn_for_a_job_cancelled_meanwhile_is_never_fetched(
+        tmp_path: Path) -> None:
+    from aiprod.services.cancel import cancel_job
+
+    fx = fake_runtime(tmp_path, output_checks_at_once=1)
+    job = admit(fx, plan=1)
+    provider = fx.provider(job.plan[0])
+    assert fx.rt.output_checks.acquire(blocking=False)  # another output is being checked
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        rendering = pool.submit(deliver, fx, job)
+        for _ in range(500):
+            if provider.calls_of("poll"):
+                break
+            time.sleep(0.01)
+        time.sleep(0.1)
+        cancel_job(fx.rt, job.id)
+        fx.rt.output_checks.release()
+        done = rendering.result(timeout=30)
+    assert done.status is JobStatus.CANCELLED
+    assert provider.calls_of("download") == []

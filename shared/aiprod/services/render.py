@@ -469,6 +469,10 @@ def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: Task
                 status.output_file.unlink(missing_ok=True)
                 status = TaskStatus(TaskState.RUNNING)
             rt.output_checks.acquire()
+            job = rt.store.get(message.job_id)  # it may have ended while we waited
+            if job is None or job.status.terminal:
+                rt.output_checks.release()
+                return
         try:
             if status.state is not TaskState.SUCCEEDED:
                 status = _poll_again(rt, backend, message, task_id)
