@@ -186,3 +186,18 @@ def test_an_uploads_idempotency_fingerprint_is_the_canonical_jsons_digest() -> N
     other = JobRequest(prompt="fox", image_url=images.as_data_uri(big[:-1] + b"!", "image/png"))
     same = JobRequest(prompt="fox", image_url=images.as_data_uri(big, "image/png"))
     assert fingerprint(other) != fingerprint(same)
+
+
+def test_an_uploads_content_hash_is_taken_a_slice_at_a_time() -> None:
+    """What a retried intake message and a cached request compare uploads by."""
+    import hashlib
+
+    from aiprod.domain.job import upload_sha256
+
+    big = png(700, 700, noise=True)
+    uri = images.as_data_uri(big, "image/png")
+    assert upload_sha256(uri) == hashlib.sha256(big).hexdigest()
+    at = len("data:image/png;base64,") + 1024 * 1024 + 8  # in a later slice
+    assert upload_sha256(uri[:at] + "!" + uri[at + 1:]) is None
+    assert upload_sha256("https://example.com/fox.png") is None
+    assert upload_sha256("data:image/png;base64") is None
