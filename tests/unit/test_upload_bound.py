@@ -201,3 +201,16 @@ def test_an_uploads_content_hash_is_taken_a_slice_at_a_time() -> None:
     assert upload_sha256(uri[:at] + "!" + uri[at + 1:]) is None
     assert upload_sha256("https://example.com/fox.png") is None
     assert upload_sha256("data:image/png;base64") is None
+
+
+def test_the_function_processes_fix_the_mmap_threshold() -> None:
+    """Without it, each request thread keeps the largest buffers it ever held and the
+    bound bounds nothing (bench/uploads.py, README Performance). The deployed
+    functions run on glibc (Ubuntu-based Python runtimes), as this machine does."""
+    import platform
+
+    from aiprod.http import entrypoints
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert entrypoints.return_large_buffers() is True
