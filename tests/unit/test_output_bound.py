@@ -201,3 +201,26 @@ def test_an_output_waiting_its_turn_for_a_job_cancelled_meanwhile_is_never_fetch
         done = rendering.result(timeout=30)
     assert done.status is JobStatus.CANCELLED
     assert provider.calls_of("download") == []
+
+
+def test_stopping_a_task_that_finished_with_an_inline_output_leaves_no_file(
+        tmp_path: Path) -> None:
+    """A cancel that finds the task done (its poll wrote the video to a file) keeps
+    nothing: /tmp is the render instance's memory."""
+    from aiprod.services.cancel import cancel_job, stop_task
+    from aiprod.services.messages import RenderMessage
+
+    fx = fake_runtime(tmp_path)
+    job = admit(fx, plan=1)
+    provider = InlineProvider(job.plan[0], video=sample_video(4))
+    fx.rt._providers[job.plan[0]] = provider
+    provider.creates = ["task-1"]
+    provider.polls["task-1"] = [TaskStatus(TaskState.RUNNING, 0.5)]
+    assert deliver(fx, job).status is JobStatus.RENDERING
+    assert cancel_job(fx.rt, job.id) is not None
+    provider.polls["task-1"] = [TaskStatus(TaskState.SUCCEEDED, 1.0)]  # done meanwhile
+    before = inline_files()
+    stop_task(fx.rt, RenderMessage(job_id=job.id, backend=job.plan[0], attempt=0,
+                                   action="cancel"))
+    assert provider.calls_of("poll")[-1] == "task-1"
+    assert inline_files() == before
