@@ -29,6 +29,7 @@ from capacity import measure as capacity
 from metrics_overhead import measure as metrics_overhead
 from output_check import measure as output_check
 from rate_limits import measure as rate_limits
+from uploads import measure as uploads
 
 HERE = Path(__file__).resolve().parent
 SEQUENTIAL_JOBS = int(os.environ.get("BENCH_JOBS", "40"))
@@ -281,6 +282,7 @@ def main() -> None:
     # (capacity.py: stacks of their own).
     report["capacity"] = capacity()
     report["output_check"] = output_check()
+    report["uploads"] = uploads()  # the API's memory under large uploads
     print(json.dumps(report, indent=2))
 
 

@@ -539,6 +539,8 @@ def fake_runtime(tmp: Path, **settings: Any) -> Fakes:
                  outputs=LocalOutputStore(tmp), ledger=ledger, health=health, access=access,
                  reuse=reuse,
                  clock=clock, sleep=clock.sleep, monotonic=clock.monotonic,
-                 _providers=dict(providers))
+                 _providers=dict(providers),
+                 output_checks=threading.BoundedSemaphore(config.output_checks_at_once),
+                 uploads=threading.BoundedSemaphore(config.uploads_at_once))
     return Fakes(rt, clock, store, bus, ledger, health, access, providers, reuse)
 

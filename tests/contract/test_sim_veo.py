@@ -163,9 +163,11 @@ def test_client_success_downloads_the_inline_video(sim: str, tmp_path: Path) -> 
     task_id = provider.create(_spec(duration_seconds=8))
     status = provider.poll(task_id)
     assert status.state is TaskState.SUCCEEDED
-    assert status.output_bytes is not None
+    assert status.output_file is not None  # written to a file by the poll, not held
+    assert status.output_file.stat().st_size > 0
     assert status.output_url is None
     provider.download(status, tmp_path / "v.mp4")
+    assert not status.output_file.exists()  # moved, not copied
     info = probe_video(tmp_path / "v.mp4")
     assert (info.width, info.height, info.frames) == (1280, 720, 8 * SIM_FPS)
 

@@ -41,6 +41,13 @@ DEFAULTED = {
     "circuit_cooldown_s": "circuit breaker cool-down: the code default is the tested value",
     "output_checks_at_once": "outputs decoded at once per render process: the code default "
                              "is the measured value (bench/, functions.yaml)",
+    "output_max_bytes": "the largest output a render process takes: the code default is "
+                        "sized against functions.yaml's render memory "
+                        "(tests/unit/test_output_bound.py)",
+    "uploads_at_once": "uploads an api process decodes at once: the code default is the "
+                       "measured value (bench/uploads.py, tests/unit/test_upload_bound.py)",
+    "upload_wait_s": "how long an upload waits for its turn: the code default, within the "
+                     "api's 60 s timeout",
     "redrive_max_age_s": "how long a job may wait for render capacity: the documented "
                          "default (a day)",
     "backend_busy_wait_s": "wait for a provider call slot: the code default is the tested value",

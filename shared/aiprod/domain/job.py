@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 from datetime import datetime
 from enum import StrEnum
@@ -232,15 +232,35 @@ def staged_key(job_id: str, sha256: str, mime_type: str) -> str:
     return f"jobs/{job_id}/input/{sha256}.{extension}"
 
 
+_HASH_SLICE_CHARS = 1024 * 1024  # a multiple of 4: base64 decodes in 4-character groups
+
+
+def upload_sha256(url: str | None) -> str | None:
+    """The SHA-256 of an image uploaded as a base64 data: URI (None for any other URL,
+    or for one that is not valid base64), decoded and hashed a slice at a time: an
+    upload of up to 27 MB of text is never copied whole."""
+    if url is None or not url.startswith("data:"):
+        return None
+    start = url.find(",") + 1
+    if start == 0:
+        return None
+    digest = hashlib.sha256()
+    try:
+        for at in range(start, len(url), _HASH_SLICE_CHARS):
+            digest.update(binascii.a2b_base64(url[at:at + _HASH_SLICE_CHARS].encode("ascii"),
+                                              strict_mode=True))
+    except ValueError:  # binascii.Error and UnicodeEncodeError are ValueErrors
+        return None
+    return digest.hexdigest()
+
+
 def same_request(stored: Job, request: JobRequest) -> bool:
     """Whether `request` is the one `stored` was admitted from, its upload (staged
     and replaced by a reference in the job) compared by content."""
     if stored.input_image is None or request.image_url is None:
         return stored.request == request
-    payload = request.image_url.partition(",")[2]
-    try:
-        sha256 = hashlib.sha256(base64.b64decode(payload, validate=True)).hexdigest()
-    except ValueError:
+    sha256 = upload_sha256(request.image_url)
+    if sha256 is None:
         return False
     return (sha256 == stored.input_image.sha256
             and stored.request.model_copy(update={"image_url": None})

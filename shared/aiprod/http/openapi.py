@@ -369,7 +369,9 @@ def _video_paths() -> dict[str, Any]:
                     "415": _video_error("the body is neither a form nor JSON"),
                     "422": _video_error("no backend can take the job as asked, or the "
                                         "Idempotency-Key was used with another body"),
-                    "503": _video_error("every backend that fits is failing", _RETRY_AFTER),
+                    "503": _video_error("every backend that fits is failing, or this "
+                                        "instance is taking as many uploaded images as it "
+                                        "may at once", _RETRY_AFTER),
                     **auth}},
             "get": {
                 "operationId": "listVideos", "tags": ["OpenAI-compatible"],
@@ -513,7 +515,9 @@ def document() -> dict[str, Any]:
                                 "the uploaded image is not a base64 PNG or JPEG "
                                 "(`invalid-image`), or the Idempotency-Key was used with "
                                 "another body"),
-                "503": _problem("every backend that fits is failing", _RETRY_AFTER),
+                "503": _problem("every backend that fits is failing, or this instance is "
+                                "taking as many uploaded images as it may at once "
+                                "(`uploads-busy`)", _RETRY_AFTER),
                 **_AUTH_ERRORS,
             }}},
         "/v1/jobs/{job_id}": {"get": {

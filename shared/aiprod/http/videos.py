@@ -301,7 +301,8 @@ def create_video(rt: Runtime, request: Request, _: dict[str, str]) -> Response:
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None:
         access.check_idempotency_key(idempotency_key)
-    job, created = api.submit(rt, request, job_request(rt, _body(request)))
+    with api.upload_slot(rt, request):
+        job, created = api.submit(rt, request, job_request(rt, _body(request)))
     headers = {"Location": f"{PREFIX}/{job.id}"}
     if idempotency_key is not None and not created:
         headers["Idempotent-Replayed"] = "true"

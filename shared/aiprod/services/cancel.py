@@ -109,18 +109,26 @@ def _settle(rt: Runtime, job_id: str, index: int, charge_usd: float, level: int,
     budget.close(rt, job, index)
 
 
+def _without_output(status: TaskStatus) -> TaskStatus:
+    """A stopped task's status, its inline video (the file a Veo poll wrote) removed:
+    nothing here keeps the output, and /tmp is memory on Cloud Functions."""
+    if status.output_file is not None:
+        status.output_file.unlink(missing_ok=True)
+    return status
+
+
 def _stop(rt: Runtime, backend: str, task_id: str) -> TaskStatus | None:
     """Cancel the task unless it already ended, then read its final state (and the
     charge, where the provider reports one). None if it cannot be read."""
     provider = rt.provider(backend)
     try:
-        status = provider.poll(task_id)
+        status = _without_output(provider.poll(task_id))
         if status.state is not TaskState.RUNNING:
             return status  # ended on its own: a cancel now would only delete it (Runway)
         provider.cancel(task_id)
         deadline = rt.monotonic() + SETTLE_POLLS * rt.settings.poll_interval_s
         while True:
-            status = provider.poll(task_id)
+            status = _without_output(provider.poll(task_id))
             if status.state is not TaskState.RUNNING or rt.monotonic() >= deadline:
                 return status
             rt.sleep(rt.settings.poll_interval_s)

@@ -293,7 +293,7 @@ def _poll_until_done(rt: Runtime, backend: Backend, message: RenderMessage, task
                 return
             status = TaskStatus(state=TaskState.RUNNING)
         if status.state is TaskState.SUCCEEDED:
-            _succeed(rt, backend, message, status)
+            _succeed(rt, backend, message, status, task_id)
             return
         if status.state is TaskState.FAILED:
             _task_failed(rt, backend, message, status)
@@ -450,27 +450,74 @@ def _ended_elsewhere(rt: Runtime, message: RenderMessage, backend: Backend | Non
     return False
 
 
-def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: TaskStatus) -> None:
+def _succeed(rt: Runtime, backend: Backend, message: RenderMessage, status: TaskStatus,
+             task_id: str) -> None:
     """Copy the output into our storage at once (provider URLs expire), check it,
     and end the job with it. Memory stays bounded whatever the concurrency: the
     download streams to a file, the check decodes frame by frame, the upload
     streams from the file, and rt.output_checks bounds how many run at once."""
-    job = rt.store.get(message.job_id)
-    if job is None or job.status.terminal:
-        return
-    # Streamed to a file, never held whole; and at most output_checks_at_once outputs
-    # on disk and decoding at once in this process, however many renders it serves.
-    with rt.output_checks, tempfile.TemporaryDirectory(prefix="aiprod-") as tmp:
+    try:
+        job = rt.store.get(message.job_id)
+        if job is None or job.status.terminal:
+            return
+        # At most output_checks_at_once outputs on disk (/tmp is memory on Cloud
+        # Functions) and decoding at once in this process, however many renders it
+        # serves. An inline output (Veo's) is on disk already: it does not wait for
+        # its turn there; it is dropped, and polled again once its turn comes.
+        if not rt.output_checks.acquire(blocking=False):
+            if status.output_file is not None:
+                status.output_file.unlink(missing_ok=True)
+                status = TaskStatus(TaskState.RUNNING)
+            rt.output_checks.acquire()
+            job = rt.store.get(message.job_id)  # it may have ended while we waited
+            if job is None or job.status.terminal:
+                rt.output_checks.release()
+                return
+        try:
+            if status.state is not TaskState.SUCCEEDED:
+                status = _poll_again(rt, backend, message, task_id)
+                if status.state is not TaskState.SUCCEEDED:
+                    return
+            done = _check_and_store(rt, backend, job, message, status)
+        finally:
+            rt.output_checks.release()
+        if done is not None:
+            _record_success(rt, backend, message, *done)
+    finally:
+        if status.output_file is not None:  # moved by a download, else dropped here
+            status.output_file.unlink(missing_ok=True)
+
+
+def _poll_again(rt: Runtime, backend: Backend, message: RenderMessage,
+                task_id: str) -> TaskStatus:
+    """The finished task's status once more, for an inline output dropped while it
+    waited its turn; anything but a success hands the attempt to a continuation,
+    which polls and settles it as usual."""
+    try:
+        status = rt.provider(backend.name).poll(task_id)
+    except ProviderError as error:
+        status = TaskStatus(TaskState.RUNNING, error=error)
+    if status.state is not TaskState.SUCCEEDED:
+        if status.output_file is not None:
+            status.output_file.unlink(missing_ok=True)
+        _hand_off(rt, backend, message)
+    return status
+
+
+def _check_and_store(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
+                     status: TaskStatus) -> tuple[Output, float, float] | None:
+    """Download, check and store the output (streamed to a file, never held whole):
+    the output, its cost and score, or None when the attempt ended otherwise."""
+    with tempfile.TemporaryDirectory(prefix="aiprod-") as tmp:
         path = Path(tmp) / "output.mp4"
         info = _fetch_output(rt, backend, job, message, status, path)
         if info is None:
-            return
+            return None
         checked = _check_output(rt, backend, job, message, status, info)
         if checked is None:
-            return
+            return None
         cost, score = checked
-        output = _store_output(rt, message, path, info)
-    _record_success(rt, backend, message, output, cost, score)
+        return _store_output(rt, message, path, info), cost, score
 
 
 def _fetch_output(rt: Runtime, backend: Backend, job: Job, message: RenderMessage,
@@ -491,8 +538,9 @@ def _fetch_output(rt: Runtime, backend: Backend, job: Job, message: RenderMessag
             _hand_off(rt, backend, message)
             return None
         _strike_and_fail(rt, backend, message, AttemptError(
-            error_class=ErrorClass.OUTPUT_CHECK, code="output_unavailable",
-            message=str(error)), rendered_cost)
+            error_class=ErrorClass.OUTPUT_CHECK,
+            code="output_too_large" if error.code == "output_too_large"
+            else "output_unavailable", message=str(error)), rendered_cost)
     except media.InvalidVideo as error:
         _strike_and_fail(rt, backend, message, AttemptError(
             error_class=ErrorClass.OUTPUT_CHECK, code="undecodable_output",

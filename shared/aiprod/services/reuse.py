@@ -12,16 +12,14 @@ settles any follower whose leader's end was missed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import hashlib
 import logging
 
 from aiprod.adapters.reuse import Entry, EntryState
 from aiprod.domain import reuse as policy
 from aiprod.domain.events import EventType
 from aiprod.domain.job import Job, JobRequest, JobStatus
+from aiprod.domain.job import upload_sha256 as job_upload_sha256
 from aiprod.observability import metrics
 from aiprod.observability.logs import log
 from aiprod.wiring.runtime import Runtime
@@ -42,13 +40,7 @@ def ttl(rt: Runtime) -> dt.timedelta:
 
 def upload_sha256(image_url: str | None) -> str | None:
     """The content hash of an image uploaded as a data: URI (what admission stages)."""
-    if image_url is None or not image_url.startswith("data:"):
-        return None
-    try:
-        return hashlib.sha256(base64.b64decode(image_url.partition(",")[2],
-                                               validate=True)).hexdigest()
-    except (ValueError, binascii.Error):
-        return None
+    return job_upload_sha256(image_url)
 
 
 def key_for(rt: Runtime, request: JobRequest, owner: str) -> str:

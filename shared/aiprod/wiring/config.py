@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     # Outputs a render process downloads, decodes and checks at once, whatever its
     # concurrency: what bounds its memory (and /tmp, which is memory on Cloud Functions).
     output_checks_at_once: int = Field(default=2, ge=1)
+    # The largest output a render process downloads (bytes): each of the outputs at
+    # once sits whole in /tmp, memory on Cloud Functions. 2 x 256 MiB beside the
+    # process's measured peak (~320 MiB with 187 renders in flight) fit the render
+    # instance's 1 GiB (functions.yaml); a 1080p 8 s clip is tens of MB. Larger
+    # outputs fail the attempt (output_too_large) rather than the instance.
+    output_max_bytes: int = Field(default=256 * 1024**2, ge=1024**2)
     # A render message dead-lettered (every instance was busy for all its deliveries)
     # whose attempt no render holds goes back on its render topic while the job is
     # younger than this; after, the job ends FAILED (domain/deadletter.py).
@@ -100,6 +106,14 @@ class Settings(BaseSettings):
     # does not duplicate a redelivery Pub/Sub still has scheduled; an open attempt
     # is re-driven only once its lease (attempt_lease, 600 s) has also expired.
     watchdog_stale_s: float = 600.0
+
+    # Uploads: requests with a body over 64 KiB (an image as a data: URI) an API process
+    # parses, decodes and stages at once, whatever its concurrency; one more waits up
+    # to upload_wait_s for its turn, then gets 503 uploads-busy with Retry-After. Each
+    # 20 MiB upload peaks at about 54 MiB (bench/uploads.py): 3 fit a 512Mi api instance
+    # (functions.yaml) beside its ~120 MiB at rest and the small requests it serves.
+    uploads_at_once: int = Field(default=3, ge=1)
+    upload_wait_s: float = Field(default=10.0, ge=0)
 
     # Callers: requests per minute for an API key created without its own --rpm.
     default_rate_limit_rpm: int = 600

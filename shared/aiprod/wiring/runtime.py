@@ -58,6 +58,10 @@ class Runtime:
     # this process, whatever the concurrency: what bounds memory (and /tmp).
     output_checks: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(2))
+    # At most settings.uploads_at_once large bodies (uploads) parsed and decoded at once
+    # in this process: what bounds the API's memory (http/api.py).
+    uploads: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(3))
 
     def provider(self, backend: str) -> VideoProvider:
         with self._providers_lock:  # one client per backend, shared by every request
@@ -97,4 +101,5 @@ def _build_runtime() -> Runtime:
         stats=FirestoreStats(client),
         reuse=FirestoreReuseIndex(client),
         output_checks=threading.BoundedSemaphore(settings.output_checks_at_once),
+        uploads=threading.BoundedSemaphore(settings.uploads_at_once),
     )

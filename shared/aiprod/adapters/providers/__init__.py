@@ -12,6 +12,8 @@ from __future__ import annotations
 import email.utils
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,12 +40,16 @@ __all__ = [
     "TaskStatus",
     "VideoProvider",
     "download_output",
+    "inline_output",
     "make_provider",
 ]
 
 logger = logging.getLogger(__name__)
 
-MAX_DOWNLOAD_BYTES = 2 * 1024**3
+# The largest output a render process takes, unless told (Settings.output_max_bytes,
+# AIPROD_OUTPUT_MAX_BYTES, sized from the render instance's memory: /tmp is memory on
+# Cloud Functions).
+MAX_DOWNLOAD_BYTES = 256 * 1024**2
 MAX_MESSAGE_CHARS = 1000
 
 # google-genai talks through httpx2, a fork of httpx with its own (unrelated) classes;
@@ -133,20 +139,26 @@ def transport_error(exc: BaseException, *, create: bool) -> ProviderError:
 
 def download_output(status: TaskStatus, dest: Path, timeout_s: float,
                     max_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
-    """Write a finished task's video to `dest` (inline bytes, or streamed from its URL).
+    """Write a finished task's video to `dest` (moved from the file the poll wrote an
+    inline video to, or streamed from its URL), at most `max_bytes` of it.
 
     The file appears at `dest` only when complete (written beside it, then
     renamed). Raises ProviderError: TRANSIENT for network trouble or 5xx (the
-    URL can be fetched again, or refreshed by polling), BACKEND otherwise.
+    URL can be fetched again, or refreshed by polling), BACKEND otherwise
+    (`output_too_large` past max_bytes).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     try:
-        if status.output_bytes is not None:
-            if len(status.output_bytes) > max_bytes:
+        if status.output_file is not None:
+            if not status.output_file.exists():
+                raise ProviderError(ErrorClass.TRANSIENT, "output_file_gone",
+                                    "the inline output's file is gone; poll again")
+            size = status.output_file.stat().st_size
+            if size > max_bytes:
                 raise ProviderError(ErrorClass.BACKEND, "output_too_large",
-                                    f"the output is larger than {max_bytes} bytes")
-            partial.write_bytes(status.output_bytes)
+                                    f"the output is {size} bytes, over {max_bytes}")
+            shutil.move(status.output_file, partial)
         elif status.output_url and status.output_url.startswith(("https://", "http://")):
             _stream_to(status.output_url, partial, timeout_s, max_bytes)
         else:
@@ -155,6 +167,16 @@ def download_output(status: TaskStatus, dest: Path, timeout_s: float,
         os.replace(partial, dest)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def inline_output(video: bytes) -> Path:
+    """A video a provider answered inline, written to a temporary file at once so that
+    it is not held as bytes while it waits for its output check (download_output
+    moves it; the caller unlinks it if it drops the status instead)."""
+    handle, name = tempfile.mkstemp(prefix="aiprod-inline-", suffix=".mp4")
+    with os.fdopen(handle, "wb") as out:
+        out.write(video)
+    return Path(name)
 
 
 def _stream_to(url: str, path: Path, timeout_s: float, max_bytes: int) -> None:

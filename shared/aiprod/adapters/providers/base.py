@@ -79,7 +79,10 @@ class TaskStatus:
     state: TaskState
     progress: float | None = None
     output_url: str | None = None     # where to download the video (http(s) or gs://)
-    output_bytes: bytes | None = None  # the video itself, when the provider inlines it
+    # The video, when the provider inlines it in the poll's answer: written to this
+    # temporary file as soon as it was decoded, never held as bytes; download moves
+    # it to its destination, and whoever drops the status unlinks it.
+    output_file: Path | None = None
     error: ProviderError | None = None  # set when state is FAILED
     cost_usd: float | None = None      # what the provider reports it charged, if it does
 

@@ -74,6 +74,7 @@ class ReplicateProvider:
 
     def __init__(self, settings: Settings, inputs: ModelInputs | None = None) -> None:
         self._model_inputs = inputs
+        self._max_output_bytes = settings.output_max_bytes
         self._timeout_s = settings.create_timeout_s
         self._last_retry_after = threading.local()
         token = settings.replicate_api_token.get_secret_value()
@@ -211,4 +212,4 @@ class ReplicateProvider:
             raise self._api_error(exc, create=False) from exc
 
     def download(self, status: TaskStatus, dest: Path) -> None:
-        download_output(status, dest, self._timeout_s)
+        download_output(status, dest, self._timeout_s, self._max_output_bytes)

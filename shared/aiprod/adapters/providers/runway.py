@@ -90,6 +90,7 @@ class RunwayProvider(NoTaskSearch):
     """VideoProvider for Runway (text_to_video, image_to_video, tasks)."""
 
     def __init__(self, settings: Settings) -> None:
+        self._max_output_bytes = settings.output_max_bytes
         self._timeout_s = settings.create_timeout_s
         key = settings.runway_api_key.get_secret_value()
         self._client: RunwayML | None = None
@@ -176,4 +177,4 @@ class RunwayProvider(NoTaskSearch):
             logger.warning("runway: cancelling task %s failed: %s", task_id, exc)
 
     def download(self, status: TaskStatus, dest: Path) -> None:
-        download_output(status, dest, self._timeout_s)
+        download_output(status, dest, self._timeout_s, self._max_output_bytes)

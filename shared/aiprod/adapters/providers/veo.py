@@ -5,7 +5,8 @@ else: `operations.get` is given a GenerateVideosOperation built from it. With
 `AIPROD_VEO_BASE_URL` / `AIPROD_VEO_ACCESS_TOKEN` set (the local simulator)
 the client uses that URL and a fixed token; otherwise Google's regional
 endpoint and Application Default Credentials. The SDK does not retry by
-default, so a create goes out once. Videos come back inline (no storageUri).
+default, so a create goes out once. Videos come back inline (no storageUri),
+written to a temporary file by the poll that gets them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aiprod.adapters.providers import (
     TRANSPORT_ERRORS,
     clip,
     download_output,
+    inline_output,
     retry_after_s,
     status_class,
     transport_error,
@@ -201,8 +203,10 @@ class VeoProvider(NoTaskSearch):
         for generated in videos:
             video = generated.video
             if video is not None and video.video_bytes:
+                # To a file now: the bytes go when this returns, not when the output
+                # check gets to them (README, "Renders in flight").
                 return TaskStatus(TaskState.SUCCEEDED, progress=1.0,
-                                  output_bytes=video.video_bytes)
+                                  output_file=inline_output(video.video_bytes))
             if video is not None and video.uri:
                 return TaskStatus(TaskState.SUCCEEDED, progress=1.0, output_url=video.uri)
         filtered = response.rai_media_filtered_count if response else None
@@ -232,4 +236,4 @@ class VeoProvider(NoTaskSearch):
             logger.warning("veo: cancelling %s failed: %r", task_id, exc)
 
     def download(self, status: TaskStatus, dest: Path) -> None:
-        download_output(status, dest, self._timeout_s)
+        download_output(status, dest, self._timeout_s, self._settings.output_max_bytes)
