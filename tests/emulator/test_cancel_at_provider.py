@@ -112,9 +112,11 @@ def test_cancelling_mid_render_cancels_the_task_at_the_provider_and_settles_it(
 def test_a_runway_task_cancelled_before_it_runs_is_refunded_and_costs_nothing(
         local: LocalStack) -> None:
     local.reset_budget()
-    # Queued for 60 s: the cancel must reach Runway while the task is still PENDING, and
-    # on a loaded 2-core CI machine the API -> Pub/Sub -> render hop took more than 12 s.
-    local.fault("runway", "ok", latency_s=600)
+    # Queued for 300 s (the simulator queues a task for a tenth of its render time): the
+    # cancel must reach Runway while the task is still PENDING, and on a loaded 2-core CI
+    # machine running the whole suite the API -> Pub/Sub -> render hop once took more
+    # than 12 s and once more than 60 s.
+    local.fault("runway", "ok", latency_s=3000)
     prompt = f"a fox, cancelled while queued {uuid.uuid4().hex[:6]}"
     job = local.submit(prompt=prompt, policy="fixed")
     local.wait(job["id"], until=lambda j: bool(j["attempts"])
