@@ -7,10 +7,11 @@ threads for the concurrent renders."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,22 @@ from tests.fakes import FakeProvider, Fakes, fake_runtime, sample_video
 from tests.service_helpers import admit, deliver
 
 ROOT = Path(__file__).parents[2]
+
+
+@contextlib.contextmanager
+def waiting_its_turn(fx: Fakes, job: Any, provider: Any) -> Iterator[
+        concurrent.futures.Future[Any]]:
+    """A render of `job` that polled its finished task and now waits for an output
+    check while another output holds the only one (released by the caller)."""
+    assert fx.rt.output_checks.acquire(blocking=False)  # another output is being checked
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        rendering = pool.submit(deliver, fx, job)
+        for _ in range(500):
+            if provider.calls_of("poll"):
+                break
+            time.sleep(0.01)
+        time.sleep(0.1)
+        yield rendering
 
 
 class Gauge:
@@ -104,14 +121,7 @@ def test_an_inline_output_is_not_held_while_it_waits_its_turn(tmp_path: Path) ->
     provider = InlineProvider(backend, video=sample_video(4))
     fx.rt._providers[backend] = provider
     before = inline_files()
-    assert fx.rt.output_checks.acquire(blocking=False)  # another output is being checked
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        rendering = pool.submit(deliver, fx, job)
-        for _ in range(500):
-            if provider.calls_of("poll"):
-                break
-            time.sleep(0.01)
-        time.sleep(0.1)
+    with waiting_its_turn(fx, job, provider) as rendering:
         assert inline_files() == before  # polled, finished, written, and dropped
         assert not rendering.done()      # waiting its turn
         fx.rt.output_checks.release()
@@ -188,14 +198,7 @@ def test_an_output_waiting_its_turn_for_a_job_cancelled_meanwhile_is_never_fetch
     fx = fake_runtime(tmp_path, output_checks_at_once=1)
     job = admit(fx, plan=1)
     provider = fx.provider(job.plan[0])
-    assert fx.rt.output_checks.acquire(blocking=False)  # another output is being checked
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        rendering = pool.submit(deliver, fx, job)
-        for _ in range(500):
-            if provider.calls_of("poll"):
-                break
-            time.sleep(0.01)
-        time.sleep(0.1)
+    with waiting_its_turn(fx, job, provider) as rendering:
         cancel_job(fx.rt, job.id)
         fx.rt.output_checks.release()
         done = rendering.result(timeout=30)
