@@ -20,7 +20,7 @@ from aiprod.adapters.providers.replicate import failure_class
 from aiprod.domain.job import ErrorClass
 from aiprod_dev.sim import control
 from aiprod_dev.sim.core import SIM_FPS
-from aiprod_dev.sim.testing import catalog_backend, provider_settings
+from aiprod_dev.sim.testing import catalog_backend, provider_settings, seeds_received
 
 PROVIDER = "replicate"
 
@@ -284,8 +284,5 @@ def test_a_seed_reaches_the_provider_and_none_is_sent_without_one(sim: str) -> N
     """Issue 14: the job's seed is passed where the catalog says the backend takes one."""
     assert catalog_backend("replicate").accepts_seed
     provider = _provider(sim)
-    with_seed = provider.create(_spec(seed=4_294_967_295))
-    without = provider.create(_spec())
-    tasks = {t["id"]: t for t in httpx.get(f"{sim}/_sim/tasks", timeout=10).json()}
-    assert tasks[with_seed]["seed"] == 4_294_967_295
-    assert tasks[without]["seed"] is None
+    made = [provider.create(_spec(seed=4_294_967_295)), provider.create(_spec())]
+    assert seeds_received(sim, made) == [4_294_967_295, None]

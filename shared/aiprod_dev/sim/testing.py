@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from aiprod.domain.catalog import Backend
 from aiprod.wiring.config import Settings, load_catalog
-from aiprod_dev.sim import make_simulator
+from aiprod_dev.sim import control, make_simulator
 from aiprod_dev.sim.core import ProviderSim
 
 STARTUP_TIMEOUT_S = 10.0
@@ -110,3 +110,11 @@ def provider_settings(provider: str, base_url: str, **overrides: Any) -> Setting
 def catalog_backend(provider: str) -> Backend:
     """The first backend in the catalog served by `provider`."""
     return next(b for b in load_catalog().backends if b.provider == provider)
+
+
+def seeds_received(base_url: str, task_ids: Iterable[str]) -> list[Any]:
+    """The seed each task reached the simulator at `base_url` with, by the task id its
+    client returned (for Veo the operation name, whose last segment the simulator
+    lists tasks by)."""
+    tasks = {t["id"]: t for t in control.tasks(base_url)}
+    return [tasks[task_id.rsplit("/", 1)[-1]]["seed"] for task_id in task_ids]
