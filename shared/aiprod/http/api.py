@@ -100,11 +100,12 @@ def _read_json(request: Request) -> bytes:
     if len(raw) > MAX_UPLOAD_BODY_BYTES:
         raise _too_large()
     if len(raw) <= MAX_BODY_BYTES:
-        _json_object(raw)
+        json_object(raw)
     return raw
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object a request body holds, or a 400 malformed-json problem."""
     try:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as error:
@@ -130,7 +131,7 @@ def _job_request(request: Request) -> JobRequest:
         job_request = JobRequest.model_validate_json(raw, strict=True)
     except ValidationError as error:
         if len(raw) > MAX_BODY_BYTES:  # the checks a small body had in _read_json
-            _only_image_is_large(raw, _json_object(raw).get("image_url"))
+            _only_image_is_large(raw, json_object(raw).get("image_url"))
         raise invalid_request(error) from error
     _only_image_is_large(raw, job_request.image_url)
     return job_request

@@ -26,7 +26,7 @@ from werkzeug.routing import Rule
 from aiprod.adapters.storage import SigningUnavailable
 from aiprod.domain.catalog import Resolution
 from aiprod.domain.job import TERMINAL_JOB_STATUSES, AspectRatio, Job, JobRequest, JobStatus, Policy
-from aiprod.domain.problems import Problem, invalid_request, malformed_json
+from aiprod.domain.problems import Problem, invalid_request
 from aiprod.http import api
 from aiprod.services import access
 from aiprod.services import cancel as cancellation
@@ -252,13 +252,7 @@ def _body(request: Request) -> dict[str, Any]:
     raw = request.get_data(cache=False)
     if len(raw) > api.MAX_UPLOAD_BODY_BYTES:
         raise too_large
-    try:
-        body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as error:
-        raise malformed_json(str(error)) from error
-    if not isinstance(body, dict):
-        raise malformed_json("expected an object")
-    return body
+    return api.json_object(raw)
 
 
 def job_request(rt: Runtime, body: dict[str, Any]) -> JobRequest:
