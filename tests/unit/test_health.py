@@ -115,6 +115,15 @@ def call_and_fail(fx: Fakes, backend: str, caller: str) -> bool:
     return True
 
 
+def opened_and_cooled(fx: Fakes, backend: str = "runway-gen45") -> str:
+    """A backend whose circuit opened on its strikes and whose cool-down just ended:
+    the next caller is its probe."""
+    for n in range(fx.rt.settings.circuit_strikes):
+        call_and_fail(fx, backend, f"job_{n}:0")
+    fx.clock.advance(fx.rt.settings.circuit_cooldown_s)
+    return backend
+
+
 def test_a_backend_that_keeps_failing_stops_being_called_until_its_cool_down_ends(
         fx: Fakes) -> None:
     backend, strikes = "runway-gen45", fx.rt.settings.circuit_strikes
@@ -136,10 +145,7 @@ def test_a_backend_that_keeps_failing_stops_being_called_until_its_cool_down_end
 
 
 def test_a_successful_probe_closes_the_circuit_for_every_caller(fx: Fakes) -> None:
-    backend, strikes = "runway-gen45", fx.rt.settings.circuit_strikes
-    for n in range(strikes):
-        call_and_fail(fx, backend, f"job_{n}:0")
-    fx.clock.advance(fx.rt.settings.circuit_cooldown_s)
+    backend, strikes = opened_and_cooled(fx), fx.rt.settings.circuit_strikes
     probe = gate_service.enter(fx.rt, backend, "probe:0")
     assert isinstance(probe, gate_service.Pass)
 
@@ -153,10 +159,7 @@ def test_a_successful_probe_closes_the_circuit_for_every_caller(fx: Fakes) -> No
 
 
 def test_a_failed_probe_reopens_the_circuit_for_a_new_cool_down(fx: Fakes) -> None:
-    backend, strikes = "runway-gen45", fx.rt.settings.circuit_strikes
-    for n in range(strikes):
-        call_and_fail(fx, backend, f"job_{n}:0")
-    fx.clock.advance(fx.rt.settings.circuit_cooldown_s)
+    backend = opened_and_cooled(fx)
 
     assert call_and_fail(fx, backend, "probe:0")
 
@@ -170,10 +173,7 @@ def test_a_failed_probe_reopens_the_circuit_for_a_new_cool_down(fx: Fakes) -> No
 def test_a_probe_that_met_no_verdict_lets_the_next_caller_probe(fx: Fakes) -> None:
     """A 429 says nothing of the backend's health: the next caller probes at once
     instead of waiting out the first probe's lease."""
-    backend, strikes = "runway-gen45", fx.rt.settings.circuit_strikes
-    for n in range(strikes):
-        call_and_fail(fx, backend, f"job_{n}:0")
-    fx.clock.advance(fx.rt.settings.circuit_cooldown_s)
+    backend = opened_and_cooled(fx)
     probe = gate_service.enter(fx.rt, backend, "probe:0")
     assert isinstance(probe, gate_service.Pass)
 
