@@ -63,6 +63,15 @@ def fund(rt: Runtime, job_id: str, owner: str, amount_usd: float, attempt: int) 
     return funding
 
 
+def close_all(rt: Runtime, job: Job) -> None:
+    """What an ended job leaves to the ledger: every attempt's hold closed (released,
+    or settled at what the provider may have billed) and admission's unused hold given
+    back. Idempotent."""
+    for index in range(len(job.attempts)):
+        close(rt, job, index)
+    release_funding(rt, job)
+
+
 def release_funding(rt: Runtime, job: Job) -> bool:
     """Give back admission's hold of a job that ended before its first attempt took it
     (cancelled while queued, dead-lettered, ended by the watchdog). Idempotent."""

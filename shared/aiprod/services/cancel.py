@@ -46,9 +46,7 @@ def cancel_job(rt: Runtime, job_id: str) -> Job | None:
     if not outcome.changed:
         # Closing and asking are idempotent: a cancel whose first try died before
         # either (the API is not retried for us) leaves nothing behind when repeated.
-        for index in range(len(job.attempts)):
-            budget.close(rt, job, index)
-        budget.release_funding(rt, job)
+        budget.close_all(rt, job)
         request_stop(rt, job)
         raise NotCancellable(job)
     if outcome.open_attempt is not None:

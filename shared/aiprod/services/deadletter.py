@@ -126,9 +126,7 @@ def _end(rt: Runtime, message: RenderMessage, reason: str, now: dt.datetime,
             job_id=message.job_id)
         return
     log(logger, logging.ERROR, reason, job_id=job.id, changed=changed)
-    for index in range(len(job.attempts)):
-        budget.close(rt, job, index)  # release, or settle what the provider may have billed
-    budget.release_funding(rt, job)
+    budget.close_all(rt, job)
     request_stop(rt, job)  # a running task is stopped (and its charge settled) by its backend
     if changed:
         telemetry.ended(job)

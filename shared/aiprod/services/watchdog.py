@@ -120,9 +120,7 @@ def _end(rt: Runtime, job: Job, now: dt.datetime, stale: dt.timedelta) -> None:
     if done is None or not done[1]:
         return
     ended = done[0]
-    for index in range(len(ended.attempts)):
-        budget.close(rt, ended, index)
-    budget.release_funding(rt, ended)
+    budget.close_all(rt, ended)
     telemetry.ended(ended)
     emit_terminal(rt, ended)
 
